@@ -1,0 +1,257 @@
+/**
+ * Nightcore's binary protocols: the one TypeScript definition of every byte
+ * layout (the C twin is native/include/nightfuse/ipc.h; both are checked
+ * against proto/golden.txt).
+ *
+ * - Gateway <-> engine (TCP): a 16-byte header followed by payload_size bytes.
+ * - Engine <-> worker IPC (unix socket, FIFOs): fixed 1024-byte frames.
+ * Bytes 0-7 of both are the LE u64 `type | full_call_id << 4`. full_call_id
+ * packs func_id (8 bits) | method_id (6) << 8 | client_id (14) << 14 |
+ * call_id (32) << 28, so it needs 60 bits: we keep it as a bigint.
+ */
+
+export const MessageType = {
+  INVALID: 0,
+  ENGINE_HANDSHAKE: 1,
+  LAUNCHER_HANDSHAKE: 2,
+  FUNC_WORKER_HANDSHAKE: 3,
+  HANDSHAKE_RESPONSE: 4,
+  CREATE_FUNC_WORKER: 5,
+  INVOKE_FUNC: 6,
+  DISPATCH_FUNC_CALL: 7,
+  FUNC_CALL_COMPLETE: 8,
+  FUNC_CALL_FAILED: 9,
+} as const;
+export type MessageType = (typeof MessageType)[keyof typeof MessageType];
+
+export const GATEWAY_HEADER_SIZE = 16;
+export const MESSAGE_SIZE = 1024;
+export const MESSAGE_HEADER_SIZE = 64;
+export const INLINE_CAPACITY = MESSAGE_SIZE - MESSAGE_HEADER_SIZE; // 960
+export const CONTAINER_ID_LEN = 64;
+
+export const FLAG_USE_ENGINE_SOCKET = 0x1;
+export const FLAG_USE_FIFO_FOR_NESTED_CALL = 0x2;
+
+export interface CallId {
+  funcId: number;
+  methodId: number;
+  clientId: number;
+  callId: number;
+}
+
+export function packCallId(c: CallId): bigint {
+  return (
+    BigInt(c.funcId & 0xff) |
+    (BigInt(c.methodId & 0x3f) << 8n) |
+    (BigInt(c.clientId & 0x3fff) << 14n) |
+    (BigInt(c.callId >>> 0) << 28n)
+  );
+}
+
+export function unpackCallId(full: bigint): CallId {
+  return {
+    funcId: Number(full & 0xffn),
+    methodId: Number((full >> 8n) & 0x3fn),
+    clientId: Number((full >> 14n) & 0x3fffn),
+    callId: Number((full >> 28n) & 0xffffffffn),
+  };
+}
+
+// ---------------------------------------------------------------- gateway link
+
+export interface GatewayMessage {
+  type: MessageType;
+  fullCallId: bigint;
+  /** bytes 8-11: processing_time (COMPLETE), status_code (FAILED) */
+  value: number;
+  /** ENGINE_HANDSHAKE only (bytes 8-11 as two u16) */
+  nodeId?: number;
+  connId?: number;
+  payload: Buffer;
+}
+
+export function encodeGatewayHeader(
+  type: MessageType,
+  fullCallId: bigint,
+  payloadSize: number,
+  value = 0,
+): Buffer {
+  const b = Buffer.allocUnsafe(GATEWAY_HEADER_SIZE);
+  b.writeBigUInt64LE(BigInt(type) | (fullCallId << 4n), 0);
+  b.writeInt32LE(value, 8);
+  b.writeInt32LE(payloadSize, 12);
+  return b;
+}
+
+export function encodeEngineHandshake(nodeId: number, connId: number): Buffer {
+  const b = encodeGatewayHeader(MessageType.ENGINE_HANDSHAKE, 0n, 0);
+  b.writeUInt16LE(nodeId & 0xffff, 8);
+  b.writeUInt16LE(connId & 0xffff, 10);
+  return b;
+}
+
+export function encodeGatewayMessage(m: Omit<GatewayMessage, 'nodeId' | 'connId'>): Buffer {
+  return Buffer.concat([encodeGatewayHeader(m.type, m.fullCallId, m.payload.length, m.value), m.payload]);
+}
+
+/** Largest payload we accept on the gateway link (Nightcore: i32, buffered whole). */
+export const MAX_GATEWAY_PAYLOAD = 0x7fffffff;
+
+export class WireError extends Error {}
+
+/**
+ * Incremental parser for the gateway link: feed() chunks as they arrive,
+ * get whole messages back. Throws WireError on a frame no peer can send
+ * (negative size, unknown type, payload over the limit); the caller closes
+ * the connection.
+ */
+export class GatewayFrameReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  constructor(private readonly maxPayload = MAX_GATEWAY_PAYLOAD) {}
+
+  feed(chunk: Buffer): GatewayMessage[] {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    const out: GatewayMessage[] = [];
+    while (this.buffered >= GATEWAY_HEADER_SIZE) {
+      const head = this.peek(GATEWAY_HEADER_SIZE);
+      const size = head.readInt32LE(12);
+      const word = head.readBigUInt64LE(0);
+      const type = Number(word & 0xfn);
+      if (type < MessageType.ENGINE_HANDSHAKE || type > MessageType.FUNC_CALL_FAILED) {
+        throw new WireError(`gateway link: invalid message type ${type}`);
+      }
+      if (size < 0) throw new WireError(`gateway link: negative payload size ${size}`);
+      if (size > this.maxPayload) {
+        throw new WireError(`gateway link: payload of ${size} bytes exceeds the limit of ${this.maxPayload}`);
+      }
+      if (this.buffered < GATEWAY_HEADER_SIZE + size) break;
+      const whole = this.take(GATEWAY_HEADER_SIZE + size);
+      const msg: GatewayMessage = {
+        type: type as MessageType,
+        fullCallId: word >> 4n,
+        value: whole.readInt32LE(8),
+        payload: whole.subarray(GATEWAY_HEADER_SIZE),
+      };
+      if (type === MessageType.ENGINE_HANDSHAKE) {
+        msg.nodeId = whole.readUInt16LE(8);
+        msg.connId = whole.readUInt16LE(10);
+      }
+      out.push(msg);
+    }
+    return out;
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks)];
+    return this.chunks[0].subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks)];
+    const head = this.chunks[0];
+    const whole = head.subarray(0, n);
+    if (head.length === n) this.chunks.shift();
+    else this.chunks[0] = head.subarray(n);
+    this.buffered -= n;
+    return whole;
+  }
+}
+
+// ----------------------------------------------------------------- IPC frames
+
+/** Offsets inside the 1024-byte frame (same names as ipc.h's NF_OFF_*). */
+export const Off = {
+  HEADER: 0,
+  PARENT_CALL_ID: 8,
+  DISPATCH_DELAY: 8,
+  PROCESSING_TIME: 12,
+  SEND_TIMESTAMP: 16,
+  PAYLOAD_SIZE: 24,
+  FLAGS: 28,
+  INLINE: 64,
+} as const;
+
+export interface IpcMessage {
+  type: MessageType;
+  fullCallId: bigint;
+  parentCallId?: bigint;
+  dispatchDelay?: number;
+  processingTime?: number;
+  sendTimestamp?: bigint;
+  payloadSize?: number;
+  flags?: number;
+  inline?: Buffer;
+}
+
+export function encodeIpc(m: IpcMessage): Buffer {
+  const b = Buffer.alloc(MESSAGE_SIZE);
+  b.writeBigUInt64LE(BigInt(m.type) | (m.fullCallId << 4n), Off.HEADER);
+  if (m.parentCallId !== undefined) b.writeBigUInt64LE(m.parentCallId, Off.PARENT_CALL_ID);
+  if (m.dispatchDelay !== undefined) b.writeInt32LE(m.dispatchDelay, Off.DISPATCH_DELAY);
+  if (m.processingTime !== undefined) b.writeInt32LE(m.processingTime, Off.PROCESSING_TIME);
+  if (m.sendTimestamp !== undefined) b.writeBigInt64LE(m.sendTimestamp, Off.SEND_TIMESTAMP);
+  if (m.flags !== undefined) b.writeUInt32LE(m.flags, Off.FLAGS);
+  let size = m.payloadSize;
+  if (m.inline) {
+    if (m.inline.length > INLINE_CAPACITY) throw new RangeError(`inline payload of ${m.inline.length} bytes > ${INLINE_CAPACITY}`);
+    m.inline.copy(b, Off.INLINE);
+    size ??= m.inline.length;
+  }
+  b.writeInt32LE(size ?? 0, Off.PAYLOAD_SIZE);
+  return b;
+}
+
+/** Cheap accessors on a received frame (no allocation on the hot path). */
+export const ipc = {
+  type: (f: Buffer): MessageType => (f[0] & 0xf) as MessageType,
+  fullCallId: (f: Buffer): bigint => f.readBigUInt64LE(Off.HEADER) >> 4n,
+  funcId: (f: Buffer): number => ((f.readUInt32LE(0) >>> 4) & 0xff),
+  methodId: (f: Buffer): number => ((f.readUInt32LE(0) >>> 12) & 0x3f),
+  clientId: (f: Buffer): number => ((f.readUInt32LE(0) >>> 18) & 0x3fff),
+  payloadSize: (f: Buffer): number => f.readInt32LE(Off.PAYLOAD_SIZE),
+  flags: (f: Buffer): number => f.readUInt32LE(Off.FLAGS),
+  dispatchDelay: (f: Buffer): number => f.readInt32LE(Off.DISPATCH_DELAY),
+  processingTime: (f: Buffer): number => f.readInt32LE(Off.PROCESSING_TIME),
+  parentCallId: (f: Buffer): bigint => f.readBigUInt64LE(Off.PARENT_CALL_ID),
+  sendTimestamp: (f: Buffer): bigint => f.readBigInt64LE(Off.SEND_TIMESTAMP),
+  setSendTimestamp: (f: Buffer, us: bigint): void => {
+    f.writeBigInt64LE(us, Off.SEND_TIMESTAMP);
+  },
+  inline: (f: Buffer): Buffer => {
+    const n = f.readInt32LE(Off.PAYLOAD_SIZE);
+    if (n < 0 || n > INLINE_CAPACITY) throw new WireError(`frame has no inline payload (payload_size ${n})`);
+    return f.subarray(Off.INLINE, Off.INLINE + n);
+  },
+};
+
+/** Cuts a byte stream into 1024-byte frames. */
+export class IpcFrameReader {
+  private pending: Buffer | null = null;
+  feed(chunk: Buffer, onFrame: (frame: Buffer) => void): void {
+    let data = chunk;
+    if (this.pending) {
+      data = Buffer.concat([this.pending, chunk]);
+      this.pending = null;
+    }
+    let off = 0;
+    while (data.length - off >= MESSAGE_SIZE) {
+      onFrame(data.subarray(off, off + MESSAGE_SIZE));
+      off += MESSAGE_SIZE;
+    }
+    if (off < data.length) this.pending = Buffer.from(data.subarray(off));
+  }
+  get bufferedBytes(): number {
+    return this.pending?.length ?? 0;
+  }
+}
+
+/** CLOCK_MONOTONIC in µs, comparable with the C workers' send_timestamp. */
+export function monotonicMicros(): bigint {
+  return process.hrtime.bigint() / 1000n;
+}
+
+/** The 64-character container id; we never run inside Docker's cgroup v1. */
+export const NO_CONTAINER_ID = '0'.repeat(CONTAINER_ID_LEN);
