@@ -4,6 +4,7 @@
  *   <root>/shm/<full_call_id>.{i,o}
  */
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, unlinkSync, writeSync, constants as C } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import koffi from 'koffi';
 
@@ -31,7 +32,10 @@ export class IpcRoot {
    * a directory holding anything other than an IPC root's own entries
    * (Nightcore would `rm -rf` whatever it is pointed at).
    */
-  prepare(): void {
+  async prepare(): Promise<void> {
+    if (existsSync(this.socketPath) && (await socketIsLive(this.socketPath))) {
+      throw new Error(`another engine is serving ${this.socketPath}; give this one its own --root_path_for_ipc`);
+    }
     if (existsSync(this.root)) {
       const foreign = readdirSync(this.root).filter((n) => !['engine.sock', 'shm', 'fifo'].includes(n));
       if (foreign.length > 0) {
@@ -122,6 +126,17 @@ export class IpcRoot {
   destroy(): void {
     rmSync(this.root, { recursive: true, force: true });
   }
+}
+
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 }
 
 export function rmQuiet(path: string): void {

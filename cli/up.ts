@@ -1,0 +1,124 @@
+/**
+ * `nightfuse up`: the whole single-node stack (gateway + launcher, each its own
+ * process, and the launcher's workers). Prints one line once everything is
+ * ready; stops every process it started on SIGINT/SIGTERM, or when one of them
+ * dies.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { loadFuncConfig } from '../common/func-config.js';
+import { FlagError, parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
+import { EXAMPLE_CONFIG } from '../common/paths.js';
+import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
+import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
+
+const UP_FLAGS = {
+  ...GATEWAY_FLAGS,
+  ...LAUNCHER_FLAGS,
+  listen_addr: { type: 'string', default: '127.0.0.1', help: 'address of every listener (the demo stays on loopback)' },
+  func_config_file: { type: 'string', default: EXAMPLE_CONFIG, help: 'func_config.json (default: the bundled examples)' },
+  control_port: { type: 'int', default: 10008, help: 'control plane port (-1: off)', min: -1, max: 65535 },
+  quiet: { type: 'bool', default: false, help: 'print only the ready line' },
+} satisfies FlagSpecs;
+
+const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS));
+const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS));
+
+function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: number): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`${what} did not become ready within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (d: Buffer) => {
+      buf += d.toString();
+      const m = re.exec(buf);
+      if (m) {
+        clearTimeout(timer);
+        child.stdout!.off('data', onData);
+        child.stdout!.on('data', (x: Buffer) => process.stdout.write(x));
+        resolve(m);
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.once('exit', (code, sig) => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited during start-up (${sig ?? `code ${code}`}); see its log above`));
+    });
+  });
+}
+
+export async function runUp(argv: string[]): Promise<void> {
+  if (argv.includes('--help')) {
+    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS)}\n`);
+    return;
+  }
+  const { values: f, given } = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS] });
+  // Validate the config here so a mistake is reported once, clearly.
+  const config = loadFuncConfig(f.func_config_file);
+  const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
+  const pass = (keys: Set<string>, extra: Record<string, string | number | boolean>) => {
+    const out: string[] = [];
+    for (const [k, v] of Object.entries(f)) {
+      if (!keys.has(k)) continue;
+      if (!given.has(k) && !['listen_addr', 'func_config_file', 'control_port'].includes(k)) continue;
+      out.push(`--${k}=${v}`);
+    }
+    for (const [k, v] of Object.entries(extra)) out.push(`--${k}=${v}`);
+    return out;
+  };
+  const children: ChildProcess[] = [];
+  let stopping = false;
+  const stopAll = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    await Promise.all(children.map((c) => new Promise<void>((r) => {
+      if (c.exitCode !== null || c.signalCode !== null) return r();
+      c.once('exit', () => r());
+      c.kill('SIGTERM');
+      setTimeout(() => c.kill('SIGKILL'), 5000).unref();
+    })));
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stopAll(0));
+  process.on('SIGTERM', () => void stopAll(0));
+
+  const start = (args: string[]) => {
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(c);
+    c.on('exit', (code, sig) => {
+      if (!stopping) {
+        process.stderr.write(`nightfuse up: ${args[0]} stopped unexpectedly (${sig ?? `code ${code}`}); stopping the stack\n`);
+        void stopAll(1);
+      }
+    });
+    return c;
+  };
+  try {
+    const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})]);
+    const m = await waitForLine(gw, /gateway ready http=(\S+):(\d+) grpc=\S+:(\d+) engine=\S+:(\d+) control=\S+:(-?\d+)/, 'gateway', 15000);
+    const [, host, httpPort, grpcPort, enginePort, controlPort] = m;
+    const gwHost = host === '0.0.0.0' ? '127.0.0.1' : host;
+    const launcher = start(['launcher', ...pass(LAUNCHER_KEYS, {
+      gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
+    })]);
+    await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
+    process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
+    if (!f.quiet) {
+      const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);
+      process.stdout.write(
+        [
+          '',
+          'Try it:',
+          plain ? `  curl -X POST -d Hello http://${gwHost}:${httpPort}/function/${plain.funcName}` : '',
+          `  curl http://${gwHost}:${httpPort}/metrics | grep nightfuse_edge`,
+          'Stop with Ctrl-C.',
+          '',
+        ].filter((l) => l !== '').join('\n') + '\n',
+      );
+    }
+  } catch (err) {
+    process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    await stopAll(1);
+  }
+}
+
+export { FlagError };

@@ -1,0 +1,181 @@
+/**
+ * External calls: ids, admission (--max_running_requests), node choice
+ * (--lb_per_fn_round_robin, --lb_pick_least_load, else random), the table of
+ * running calls matched by full_call_id, and the two limits Nightcore lacks
+ * (per-call timeout; failing calls whose node disconnected).
+ */
+import { packCallId, type GatewayMessage, MessageType } from '../proto/wire.js';
+import type { EngineServer, Node } from './engine-server.js';
+
+export type CallOutcome =
+  | { kind: 'ok'; output: Buffer; processingUs: number }
+  | { kind: 'failed' }
+  | { kind: 'no_node' }
+  | { kind: 'node_lost' }
+  | { kind: 'timeout' };
+
+export interface DispatcherOptions {
+  maxRunningRequests: number;
+  lbPerFnRoundRobin: boolean;
+  lbPickLeastLoad: boolean;
+  /** 0: no timeout */
+  callTimeoutMs: number;
+}
+
+interface Running {
+  id: bigint;
+  funcId: number;
+  node: Node | undefined;
+  input: Buffer;
+  resolve: (o: CallOutcome) => void;
+  timer: NodeJS.Timeout | undefined;
+  /** the client went away: drop the result, skip it in the queue */
+  discarded: boolean;
+}
+
+export class Dispatcher {
+  private nextCallId = 1;
+  private readonly running = new Map<bigint, Running>();
+  private readonly queue: Running[] = [];
+  /** node ids in the order they connected (for round robin and least-load ties) */
+  private readonly order: number[] = [];
+  private readonly rrCursor = new Map<number, number>();
+  /** counts kept for metrics */
+  readonly stats = { dispatched: 0, queuedTotal: 0, timeouts: 0, nodeLost: 0 };
+
+  constructor(private readonly engines: EngineServer, private readonly o: DispatcherOptions) {}
+
+  get runningCount(): number {
+    return this.running.size;
+  }
+  get queuedCount(): number {
+    return this.queue.length;
+  }
+
+  private get cap(): number {
+    return this.o.maxRunningRequests > 0 ? this.o.maxRunningRequests * Math.max(1, this.order.length) : Infinity;
+  }
+
+  nodeUp(node: Node): void {
+    if (!this.order.includes(node.nodeId)) this.order.push(node.nodeId);
+    this.drain();
+  }
+
+  /** The node's last connection closed: its calls will never be answered. */
+  nodeDown(node: Node): void {
+    const i = this.order.indexOf(node.nodeId);
+    if (i >= 0) this.order.splice(i, 1);
+    for (const r of [...this.running.values()]) {
+      if (r.node === node) {
+        this.stats.nodeLost++;
+        this.settle(r, { kind: 'node_lost' });
+      }
+    }
+  }
+
+  /** Starts a call; `onDiscard` lets the front end mark it when the client leaves. */
+  call(funcId: number, methodId: number, input: Buffer): { promise: Promise<CallOutcome>; discard: () => void } {
+    const callId = this.nextCallId;
+    this.nextCallId = (this.nextCallId + 1) >>> 0;
+    const id = packCallId({ funcId, methodId, clientId: 0, callId });
+    let r!: Running;
+    const promise = new Promise<CallOutcome>((resolve) => {
+      r = { id, funcId, node: undefined, input, resolve, timer: undefined, discarded: false };
+    });
+    if (this.order.length === 0) {
+      r.resolve({ kind: 'no_node' });
+      return { promise, discard: () => {} };
+    }
+    if (this.o.callTimeoutMs > 0) {
+      r.timer = setTimeout(() => {
+        this.stats.timeouts++;
+        this.settle(r, { kind: 'timeout' });
+      }, this.o.callTimeoutMs);
+    }
+    const started = this.running.size - this.queue.length;
+    this.running.set(id, r);
+    if (started >= this.cap) {
+      this.stats.queuedTotal++;
+      this.queue.push(r);
+    } else {
+      this.start(r);
+    }
+    return {
+      promise,
+      discard: () => {
+        r.discarded = true;
+      },
+    };
+  }
+
+  private pickNode(funcId: number): Node | undefined {
+    const nodes = this.order.map((id) => this.engines.nodes.get(id)).filter((n): n is Node => n !== undefined);
+    if (nodes.length === 0) return undefined;
+    if (this.o.lbPerFnRoundRobin) {
+      const c = (this.rrCursor.get(funcId) ?? 0) % nodes.length;
+      this.rrCursor.set(funcId, c + 1);
+      return nodes[c];
+    }
+    if (this.o.lbPickLeastLoad) {
+      let best = nodes[0];
+      for (const n of nodes) if (n.inflight < best.inflight) best = n;
+      return best;
+    }
+    return nodes[Math.floor(Math.random() * nodes.length)];
+  }
+
+  private start(r: Running): void {
+    const node = this.pickNode(r.funcId);
+    if (!node || !this.engines.dispatch(node, r.id, r.input)) {
+      this.settle(r, { kind: 'no_node' });
+      return;
+    }
+    r.node = node;
+    node.inflight++;
+    node.dispatched++;
+    this.stats.dispatched++;
+  }
+
+  onResult(nodeId: number, m: GatewayMessage): void {
+    const r = this.running.get(m.fullCallId);
+    if (!r) return; // unknown, timed out, or its node was given up on
+    if (m.type === MessageType.FUNC_CALL_COMPLETE) this.settle(r, { kind: 'ok', output: m.payload, processingUs: m.value });
+    else this.settle(r, { kind: 'failed' });
+    void nodeId;
+  }
+
+  private settle(r: Running, o: CallOutcome): void {
+    if (this.running.get(r.id) !== r) return;
+    this.running.delete(r.id);
+    clearTimeout(r.timer);
+    if (r.node) {
+      r.node.inflight = Math.max(0, r.node.inflight - 1);
+    } else {
+      const qi = this.queue.indexOf(r);
+      if (qi >= 0) this.queue.splice(qi, 1);
+    }
+    r.input = EMPTY;
+    r.resolve(o);
+    this.drain();
+  }
+
+  private drain(): void {
+    while (this.queue.length > 0 && this.running.size - this.queue.length < this.cap) {
+      const next = this.queue.shift()!;
+      if (next.discarded) {
+        this.running.delete(next.id);
+        clearTimeout(next.timer);
+        next.resolve({ kind: 'failed' });
+        continue;
+      }
+      this.start(next);
+    }
+  }
+
+  /** Fails everything (shutdown). */
+  failAll(): void {
+    for (const r of [...this.running.values()]) this.settle(r, { kind: 'failed' });
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

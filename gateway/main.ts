@@ -1,0 +1,157 @@
+/** `nightfuse gateway`: Nightcore's gateway flags and front ends, plus Nightfuse's control plane and metrics. */
+import type http from 'node:http';
+import { loadFuncConfig } from '../common/func-config.js';
+import { flagHelp, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { ControlServer } from './control-server.js';
+import { Dispatcher } from './dispatcher.js';
+import { EngineServer } from './engine-server.js';
+import { createGrpcFrontend } from './grpc-frontend.js';
+import { createHttpFrontend } from './http-frontend.js';
+import { GatewayMetrics } from './metrics.js';
+import type { FuncConfig } from '../common/func-config.js';
+
+export const GATEWAY_FLAGS = {
+  listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
+  http_port: { type: 'int', default: 8080, help: 'HTTP front end (0: pick a free port)', min: 0, max: 65535 },
+  grpc_port: { type: 'int', default: 50051, help: 'gRPC front end (h2c)', min: 0, max: 65535 },
+  engine_conn_port: { type: 'int', default: 10007, help: 'engines (launchers) connect here', min: 0, max: 65535 },
+  func_config_file: { type: 'string', default: '', help: 'func_config.json (required)' },
+  num_io_workers: { type: 'int', default: 1, help: 'accepted for compatibility; one event loop serves all connections', min: 1 },
+  max_running_requests: { type: 'int', default: 0, help: 'in-flight cap per connected node (0: none); excess calls queue', min: 0 },
+  lb_per_fn_round_robin: { type: 'bool', default: false, help: 'pick nodes round robin per function' },
+  lb_pick_least_load: { type: 'bool', default: false, help: 'pick the node with the fewest in-flight calls' },
+  control_port: { type: 'int', default: 10008, help: 'Nightfuse control plane (gRPC) for launchers; -1: off', min: -1, max: 65535 },
+  max_body_bytes: { type: 'int', default: 32 << 20, help: 'request body limit (413 / RESOURCE_EXHAUSTED); 0: up to 2 GiB', min: 0 },
+  call_timeout_ms: { type: 'int', default: 60000, help: 'per-call timeout (504 / DEADLINE_EXCEEDED); 0: none', min: 0 },
+  v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
+} satisfies FlagSpecs;
+
+/** Flags of Nightcore's other binaries that every Nightcore binary accepts (spec §7.6). */
+export const IGNORED_GATEWAY_FLAGS = [
+  'engine_conn_enable_nodelay', 'engine_conn_enable_keepalive', 'gateway_conn_enable_nodelay', 'gateway_conn_enable_keepalive',
+  'disable_monitor', 'func_worker_use_engine_socket', 'use_fifo_for_nested_call', 'func_worker_pipe_direct_write',
+  'max_relative_queueing_delay', 'concurrency_limit_coef', 'expected_concurrency_coef', 'min_worker_request_interval_ms',
+  'always_request_worker_if_possible', 'disable_concurrency_limiter', 'instant_rps_p_norm', 'instant_rps_ema_alpha',
+  'instant_rps_ema_tau_ms',
+];
+
+export interface GatewayOptions {
+  config: FuncConfig;
+  listenAddr: string;
+  httpPort: number;
+  grpcPort: number;
+  engineConnPort: number;
+  controlPort: number;
+  maxRunningRequests: number;
+  lbPerFnRoundRobin: boolean;
+  lbPickLeastLoad: boolean;
+  maxBodyBytes: number;
+  callTimeoutMs: number;
+  log: Logger;
+}
+
+export interface RunningGateway {
+  ports: { http: number; grpc: number; engine: number; control: number };
+  engines: EngineServer;
+  dispatcher: Dispatcher;
+  control: ControlServer | undefined;
+  metrics: GatewayMetrics;
+  http: http.Server;
+  /** admin routes etc. can be installed after start */
+  setExtraRoutes(f: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean): void;
+  stop(): Promise<void>;
+}
+
+function listen(server: http.Server | import('node:http2').Http2Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port, backlog: 64 }, () => {
+      const a = server.address();
+      resolve(typeof a === 'object' && a ? a.port : port);
+    });
+  });
+}
+
+export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
+  const maxBody = o.maxBodyBytes > 0 ? o.maxBodyBytes : 0x7fffffff;
+  let dispatcher!: Dispatcher;
+  const engines = new EngineServer(o.log, {
+    onResult: (node, m) => dispatcher.onResult(node, m),
+    onNodeUp: (n) => dispatcher.nodeUp(n),
+    onNodeDown: (n) => dispatcher.nodeDown(n),
+  }, 0x7fffffff);
+  dispatcher = new Dispatcher(engines, {
+    maxRunningRequests: o.maxRunningRequests,
+    lbPerFnRoundRobin: o.lbPerFnRoundRobin,
+    lbPickLeastLoad: o.lbPickLeastLoad,
+    callTimeoutMs: o.callTimeoutMs,
+  });
+  const metrics = new GatewayMetrics({
+    running: () => dispatcher.runningCount - dispatcher.queuedCount,
+    queued: () => dispatcher.queuedCount,
+    nodes: () => engines.nodes.size,
+  });
+  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
+  const httpServer = createHttpFrontend({
+    config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
+    extraRoutes: (req, res, path) => extra?.(req, res, path) ?? false,
+  });
+  const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody });
+  let control: ControlServer | undefined;
+  let controlPort = -1;
+  if (o.controlPort >= 0) {
+    control = new ControlServer(o.log);
+    controlPort = await control.listen(o.listenAddr, o.controlPort);
+    metrics.cluster = { nodeStats: () => control!.nodeStats() };
+  }
+  const engine = await engines.listen(o.listenAddr, o.engineConnPort);
+  const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
+  const grpcPort = await listen(grpcServer, o.listenAddr, o.grpcPort);
+  return {
+    ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
+    engines, dispatcher, control, metrics, http: httpServer,
+    setExtraRoutes(f) {
+      extra = f;
+    },
+    async stop() {
+      dispatcher.failAll();
+      httpServer.closeAllConnections?.();
+      await Promise.all([
+        new Promise<void>((r) => httpServer.close(() => r())),
+        new Promise<void>((r) => grpcServer.close(() => r())),
+        engines.close(),
+        control?.close(),
+      ]);
+    },
+  };
+}
+
+export async function runGateway(argv: string[]): Promise<RunningGateway | undefined> {
+  if (argv.includes('--help')) {
+    process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS)}\n`);
+    return undefined;
+  }
+  const { values: f } = parseFlags(GATEWAY_FLAGS, argv, { ignored: IGNORED_GATEWAY_FLAGS });
+  if (f.v > 0) process.env.NIGHTFUSE_LOG_LEVEL ??= 'debug';
+  const log = createLogger('gateway');
+  if (!f.func_config_file) throw new Error('--func_config_file is required');
+  const config = loadFuncConfig(f.func_config_file);
+  const gw = await startGateway({
+    config, listenAddr: f.listen_addr, httpPort: f.http_port, grpcPort: f.grpc_port, engineConnPort: f.engine_conn_port,
+    controlPort: f.control_port, maxRunningRequests: f.max_running_requests, lbPerFnRoundRobin: f.lb_per_fn_round_robin,
+    lbPickLeastLoad: f.lb_pick_least_load, maxBodyBytes: f.max_body_bytes, callTimeoutMs: f.call_timeout_ms, log,
+  });
+  const a = f.listen_addr;
+  process.stdout.write(
+    `gateway ready http=${a}:${gw.ports.http} grpc=${a}:${gw.ports.grpc} engine=${a}:${gw.ports.engine} control=${a}:${gw.ports.control}\n`,
+  );
+  const stop = async (sig: string) => {
+    log.info({ signal: sig }, 'stopping');
+    await gw.stop();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  return gw;
+}

@@ -1,0 +1,94 @@
+/** `nightfuse launcher`: the node agent as its own process. */
+import { hostname } from 'node:os';
+import { loadFuncConfig } from '../common/func-config.js';
+import { flagHelp, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { createLogger } from '../common/log.js';
+import { WORKER_HOST } from '../common/paths.js';
+import { MessageType } from '../proto/wire.js';
+import { GatewayLink } from './gateway-link.js';
+import { hostnameNodeId } from './ipc-files.js';
+import { NodeAgent } from './node-agent.js';
+import { ControlClient } from './control-client.js';
+
+export const LAUNCHER_FLAGS = {
+  gateway_addr: { type: 'string', default: '127.0.0.1', help: 'gateway host (engine flag)' },
+  gateway_port: { type: 'int', default: 10007, help: "gateway's engine connection port (engine flag)", min: 1, max: 65535 },
+  num_io_workers: { type: 'int', default: 1, help: 'engine I/O workers; connections = this × gateway_conn_per_worker', min: 1 },
+  gateway_conn_per_worker: { type: 'int', default: 2, help: 'gateway connections per I/O worker', min: 1 },
+  node_id: { type: 'int', default: -1, help: 'node id; -1: hash of the host name, as Nightcore' },
+  root_path_for_ipc: { type: 'string', default: '/dev/shm/faas_ipc', help: 'IPC root (recreated empty at start)' },
+  func_config_file: { type: 'string', default: '', help: 'func_config.json (required)' },
+  fprocess_output_dir: { type: 'string', default: '', help: 'write worker stdout/stderr to <dir>/<func>_worker_<n>.std{out,err}' },
+  control_port: { type: 'int', default: 10008, help: "gateway's Nightfuse control-plane port (0: do not attach)", min: 0, max: 65535 },
+  worker_host: { type: 'string', default: WORKER_HOST, help: 'worker host binary for `library` entries' },
+  engine_tcp_port: { type: 'int', default: -1, help: 'Nightcore engine over TCP: not supported (must stay -1)' },
+  func_worker_use_engine_socket: { type: 'bool', default: false, help: 'not supported (must stay false)' },
+  use_fifo_for_nested_call: { type: 'bool', default: false, help: 'not supported (must stay false)' },
+  v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
+} satisfies FlagSpecs;
+
+/** Nightcore engine/launcher tuning flags accepted for drop-in use, with no effect here. */
+export const IGNORED_ENGINE_FLAGS = [
+  'disable_monitor', 'min_worker_request_interval_ms', 'always_request_worker_if_possible', 'disable_concurrency_limiter',
+  'expected_concurrency_coef', 'concurrency_limit_coef', 'max_relative_queueing_delay', 'instant_rps_p_norm',
+  'instant_rps_ema_alpha', 'instant_rps_ema_tau_ms', 'gateway_conn_enable_nodelay', 'gateway_conn_enable_keepalive',
+  'func_worker_pipe_direct_write', 'fprocess_mode', 'fprocess_working_dir',
+];
+
+export async function runLauncher(argv: string[]): Promise<void> {
+  if (argv.includes('--help')) {
+    process.stdout.write(`usage: nightfuse launcher [flags]\n${flagHelp(LAUNCHER_FLAGS)}\n`);
+    return;
+  }
+  const { values: f } = parseFlags(LAUNCHER_FLAGS, argv, { ignored: IGNORED_ENGINE_FLAGS });
+  if (f.v > 0) process.env.NIGHTFUSE_LOG_LEVEL ??= 'debug';
+  const nodeId = f.node_id === -1 ? hostnameNodeId() : f.node_id & 0xffff;
+  const log = createLogger('launcher', { node: nodeId });
+  if (!f.func_config_file) throw new Error('--func_config_file is required');
+  if (f.engine_tcp_port !== -1) throw new Error('--engine_tcp_port is not supported: workers connect over <root_path_for_ipc>/engine.sock');
+  if (f.func_worker_use_engine_socket) throw new Error('--func_worker_use_engine_socket is not supported: workers use FIFOs');
+  if (f.use_fifo_for_nested_call) throw new Error('--use_fifo_for_nested_call is not supported: nested results come back over the worker FIFOs');
+  const config = loadFuncConfig(f.func_config_file);
+  const agent = new NodeAgent({
+    config,
+    ipcRoot: f.root_path_for_ipc,
+    workerHost: f.worker_host,
+    log,
+    outputDir: f.fprocess_output_dir || undefined,
+  });
+  const link = new GatewayLink({
+    host: f.gateway_addr,
+    port: f.gateway_port,
+    connections: f.num_io_workers * f.gateway_conn_per_worker,
+    nodeId,
+    log,
+    onDispatch: (m, conn) => agent.dispatchExternal(m, conn),
+  });
+  agent.sendToGateway = (conn, type, id, value, payload) => {
+    if (!link.sendResult(conn, type, id, value, payload)) {
+      log.warn({ call: String(id), type: type === MessageType.FUNC_CALL_COMPLETE ? 'complete' : 'failed' }, 'no gateway connection; result dropped');
+    }
+  };
+  await agent.start();
+  const control = f.control_port > 0
+    ? new ControlClient({ host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log })
+    : undefined;
+  await agent.whenReady();
+  link.start();
+  control?.start();
+  log.info({ ipcRoot: f.root_path_for_ipc, functions: config.entries.length }, 'launcher ready');
+  process.stdout.write(`launcher ready node=${nodeId} ipc_root=${f.root_path_for_ipc} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
+
+  let stopping = false;
+  const stop = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig }, 'stopping');
+    control?.stop();
+    link.stop();
+    await agent.stop();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
