@@ -13,7 +13,9 @@ export type FlagValues<S extends FlagSpecs> = {
   [K in keyof S]: S[K] extends { type: 'string' } ? string : S[K] extends { type: 'int' } ? number : boolean;
 };
 
-export class FlagError extends Error {}
+export class FlagError extends Error {
+  override name = 'FlagError';
+}
 
 export interface ParseOptions {
   /** flags accepted and ignored (other Nightcore binaries' flags) */

@@ -36,7 +36,9 @@ export interface FuncConfig {
   byId: Map<number, FuncEntry>;
 }
 
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
 
 const PLAIN_NAME = /^[A-Za-z0-9]*$/;
 const GRPC_SERVICE = /^[A-Za-z0-9._]*$/;

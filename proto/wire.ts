@@ -98,7 +98,9 @@ export function encodeGatewayMessage(m: Omit<GatewayMessage, 'nodeId' | 'connId'
 /** Largest payload we accept on the gateway link (Nightcore: i32, buffered whole). */
 export const MAX_GATEWAY_PAYLOAD = 0x7fffffff;
 
-export class WireError extends Error {}
+export class WireError extends Error {
+  override name = 'WireError';
+}
 
 /**
  * Incremental parser for the gateway link: feed() chunks as they arrive,

@@ -1,0 +1,108 @@
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  encodeEngineHandshake, encodeGatewayMessage, encodeIpc, GatewayFrameReader, INLINE_CAPACITY, ipc, IpcFrameReader,
+  MESSAGE_SIZE, MessageType, packCallId, unpackCallId,
+} from '../proto/wire.js';
+import { ROOT } from './helpers.js';
+
+// Each case of proto/golden.txt built with the TypeScript encoders.
+const build: Record<string, () => Buffer> = {
+  gw_packed_all_fields: () => {
+    const b = encodeGatewayMessage({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: packCallId({ funcId: 0xab, methodId: 0x15, clientId: 0x1234, callId: 0xdeadbeef }), value: 0, payload: Buffer.alloc(0) });
+    b.writeUInt16LE(0x0102, 8);
+    b.writeUInt16LE(0x0304, 10);
+    b.writeInt32LE(0x11223344, 12);
+    return b;
+  },
+  gw_dispatch_hello: () => encodeGatewayMessage({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 }), value: 0, payload: Buffer.from('Hello') }),
+  gw_complete_ok: () => encodeGatewayMessage({ type: MessageType.FUNC_CALL_COMPLETE, fullCallId: packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 }), value: 250, payload: Buffer.from('OK') }),
+  gw_failed: () => encodeGatewayMessage({ type: MessageType.FUNC_CALL_FAILED, fullCallId: packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 }), value: 0, payload: Buffer.alloc(0) }),
+  gw_engine_handshake: () => encodeEngineHandshake(0, 3),
+  gw_dispatch_grpc: () => encodeGatewayMessage({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: packCallId({ funcId: 9, methodId: 1, clientId: 0, callId: 7 }), value: 0, payload: Buffer.alloc(0) }),
+  ipc_worker_handshake: () => encodeIpc({ type: MessageType.FUNC_WORKER_HANDSHAKE, fullCallId: packCallId({ funcId: 2, methodId: 0, clientId: 5, callId: 0 }) }),
+  ipc_create_worker: () => encodeIpc({ type: MessageType.CREATE_FUNC_WORKER, fullCallId: packCallId({ funcId: 0, methodId: 0, clientId: 5, callId: 0 }) }),
+  ipc_launcher_handshake: () => encodeIpc({ type: MessageType.LAUNCHER_HANDSHAKE, fullCallId: packCallId({ funcId: 2, methodId: 0, clientId: 0, callId: 0 }), payloadSize: 64 }),
+  ipc_invoke_nested: () => encodeIpc({ type: MessageType.INVOKE_FUNC, fullCallId: packCallId({ funcId: 2, methodId: 0, clientId: 5, callId: 0 }), parentCallId: packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 }) }),
+  full_call_id_packed: () => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(packCallId({ funcId: 0xab, methodId: 0x15, clientId: 0x1234, callId: 0xdeadbeef }));
+    return b;
+  },
+  full_call_id_simple: () => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 }));
+    return b;
+  },
+};
+
+t.test('golden bytes (proto/golden.txt)', async (t) => {
+  const lines = readFileSync(join(ROOT, 'proto', 'golden.txt'), 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+  t.ok(lines.length >= 13, 'golden file has its cases');
+  for (const line of lines) {
+    const [name, off, hex] = line.split(/\s+/);
+    t.ok(build[name], `encoder for ${name}`);
+    const got = build[name]().subarray(Number(off), Number(off) + hex.length / 2).toString('hex');
+    t.equal(got, hex, `${name}@${off}`);
+  }
+});
+
+t.test('full_call_id', async (t) => {
+  const id = packCallId({ funcId: 0xab, methodId: 0x15, clientId: 0x1234, callId: 0xdeadbeef });
+  t.equal(id, 0x0deadbeef48d15abn);
+  t.same(unpackCallId(id), { funcId: 0xab, methodId: 0x15, clientId: 0x1234, callId: 0xdeadbeef });
+  t.equal(String(packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 })), '268435457', 'decimal name of shm files');
+});
+
+t.test('IPC frame accessors', async (t) => {
+  const f = encodeIpc({ type: MessageType.FUNC_CALL_COMPLETE, fullCallId: packCallId({ funcId: 9, methodId: 3, clientId: 77, callId: 5 }), dispatchDelay: 12, processingTime: 345, inline: Buffer.from('out') });
+  t.equal(f.length, MESSAGE_SIZE);
+  t.equal(ipc.type(f), MessageType.FUNC_CALL_COMPLETE);
+  t.equal(ipc.funcId(f), 9);
+  t.equal(ipc.methodId(f), 3);
+  t.equal(ipc.clientId(f), 77);
+  t.equal(ipc.dispatchDelay(f), 12);
+  t.equal(ipc.processingTime(f), 345);
+  t.equal(ipc.inline(f).toString(), 'out');
+  const shm = encodeIpc({ type: MessageType.FUNC_CALL_COMPLETE, fullCallId: 1n, payloadSize: -5000 });
+  t.throws(() => ipc.inline(shm), { name: 'WireError' }, 'negative size has no inline payload');
+  t.throws(() => encodeIpc({ type: MessageType.INVOKE_FUNC, fullCallId: 1n, inline: Buffer.alloc(INLINE_CAPACITY + 1) }), RangeError);
+});
+
+t.test('IpcFrameReader cuts a stream into 1024-byte frames whatever the chunking', async (t) => {
+  const frames = [1, 2, 3].map((i) => encodeIpc({ type: MessageType.INVOKE_FUNC, fullCallId: BigInt(i), inline: Buffer.from(`p${i}`) }));
+  const stream = Buffer.concat(frames);
+  for (const cut of [1, 7, 1023, 1024, 1025, 3000]) {
+    const r = new IpcFrameReader();
+    const got: bigint[] = [];
+    for (let o = 0; o < stream.length; o += cut) r.feed(stream.subarray(o, o + cut), (f) => got.push(ipc.fullCallId(f)));
+    t.same(got, [1n, 2n, 3n], `chunks of ${cut}`);
+    t.equal(r.bufferedBytes, 0);
+  }
+});
+
+t.test('GatewayFrameReader: split, merged and malformed input', async (t) => {
+  const a = encodeGatewayMessage({ type: MessageType.FUNC_CALL_COMPLETE, fullCallId: 5n, value: 10, payload: Buffer.from('hello') });
+  const b = encodeEngineHandshake(7, 1);
+  const stream = Buffer.concat([b, a, a]);
+  for (const cut of [1, 5, 16, 17, 100]) {
+    const r = new GatewayFrameReader();
+    const got = [];
+    for (let o = 0; o < stream.length; o += cut) got.push(...r.feed(stream.subarray(o, o + cut)));
+    t.equal(got.length, 3, `chunks of ${cut}`);
+    t.equal(got[0].nodeId, 7);
+    t.equal(got[0].connId, 1);
+    t.equal(got[1].payload.toString(), 'hello');
+    t.equal(got[2].value, 10);
+  }
+  const neg = encodeGatewayMessage({ type: MessageType.FUNC_CALL_COMPLETE, fullCallId: 5n, value: 0, payload: Buffer.alloc(0) });
+  neg.writeInt32LE(-1, 12);
+  t.throws(() => new GatewayFrameReader().feed(neg), { name: 'WireError' }, 'negative payload size refused (Nightcore stalls on it)');
+  const badType = Buffer.alloc(16);
+  badType[0] = 0x0f;
+  t.throws(() => new GatewayFrameReader().feed(badType), { name: 'WireError' }, 'unknown type refused');
+  const huge = encodeGatewayMessage({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: 5n, value: 0, payload: Buffer.alloc(0) });
+  huge.writeInt32LE(1 << 30, 12);
+  t.throws(() => new GatewayFrameReader(1 << 20).feed(huge), /exceeds the limit/, 'payload over the limit refused before buffering');
+});
