@@ -123,8 +123,16 @@ export class EngineServer {
   dispatch(node: Node, fullCallId: bigint, input: Buffer): boolean {
     const c = node.pickConn();
     if (!c) return false;
-    c.socket.write(encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, fullCallId, input.length));
-    if (input.length > 0) c.socket.write(input);
+    const header = encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, fullCallId, input.length);
+    if (input.length > 0) {
+      // One writev for header and input: one segment, one wake-up on the engine side.
+      c.socket.cork();
+      c.socket.write(header);
+      c.socket.write(input);
+      c.socket.uncork();
+    } else {
+      c.socket.write(header);
+    }
     return true;
   }
 

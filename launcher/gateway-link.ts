@@ -17,7 +17,7 @@ import type { Logger } from '../common/log.js';
 export interface GatewayConn {
   readonly connId: number;
   readonly alive: boolean;
-  write(buf: Buffer): boolean;
+  write(header: Buffer, payload?: Buffer): boolean;
 }
 
 export interface GatewayLinkOptions {
@@ -40,9 +40,17 @@ class Conn implements GatewayConn {
   constructor(readonly connId: number, private readonly link: GatewayLink) {
     this.backoffMs = link.minBackoff;
   }
-  write(buf: Buffer): boolean {
+  /** Header and payload leave in one writev (one segment, one wake-up for the gateway), without a copy. */
+  write(header: Buffer, payload?: Buffer): boolean {
     if (!this.alive || !this.socket) return false;
-    this.socket.write(buf);
+    if (payload && payload.length > 0) {
+      this.socket.cork();
+      this.socket.write(header);
+      this.socket.write(payload);
+      this.socket.uncork();
+    } else {
+      this.socket.write(header);
+    }
     return true;
   }
 }
@@ -72,12 +80,7 @@ export class GatewayLink {
     const header = encodeGatewayHeader(type, fullCallId, payload?.length ?? 0, value);
     const conn = preferred?.alive ? preferred : this.conns.find((c) => c.alive);
     if (!conn) return false;
-    if (payload && payload.length > 0) {
-      // Two writes, no copy: the socket keeps them in order.
-      conn.write(header);
-      return conn.write(payload);
-    }
-    return conn.write(header);
+    return conn.write(header, payload);
   }
 
   private connect(c: Conn): void {
