@@ -1,0 +1,32 @@
+/* Test library for the injector. probe_entry(path) writes "pid=<pid>" to path.
+ * probe_exit() ends the process (the "target exits during injection" case).
+ * probe_fail() returns 7. probe_crash() dereferences NULL. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int probe_loaded = 1;
+
+int probe_entry(const char* path) {
+  int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return 1;
+  char buf[64];
+  int n = snprintf(buf, sizeof buf, "pid=%d", (int)getpid());
+  int rc = write(fd, buf, (size_t)n) == n ? 0 : 2;
+  close(fd);
+  return rc;
+}
+int probe_exit(const char* arg) {
+  (void)arg;
+  _exit(42);
+}
+int probe_fail(const char* arg) {
+  (void)arg;
+  return 7;
+}
+int probe_crash(const char* arg) {
+  (void)arg;
+  volatile int* p = NULL;
+  return *p;
+}
