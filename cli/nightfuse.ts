@@ -8,6 +8,7 @@ commands:
   up          the single-node stack: gateway + launcher + workers (what npm start runs)
   gateway     the gateway alone (Nightcore's gateway flags)
   launcher    the node agent alone (Nightcore's engine/launcher flags)
+  inject      load a shared library into a running process (ptrace) and call an entry in it
 
 Run 'nightfuse <command> --help' for its flags.
 `;
@@ -24,6 +25,8 @@ async function main(argv: string[]): Promise<number> {
     case 'launcher':
       await (await import('../launcher/main.js')).runLauncher(rest);
       return -1;
+    case 'inject':
+      return (await import('./inject.js')).runInject(rest);
     case undefined:
     case 'help':
     case '--help':
