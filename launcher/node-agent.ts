@@ -10,7 +10,6 @@
  *   are busy;
  * - records every nested call on its caller->callee edge (EdgeStats).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, constants as FC } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -29,6 +28,7 @@ import {
 import { EdgeStats } from './edge-stats.js';
 import type { GatewayConn } from './gateway-link.js';
 import { IpcRoot } from './ipc-files.js';
+import { spawnProcess, type SpawnedProcess } from './spawn.js';
 
 export interface NodeAgentOptions {
   config: FuncConfig;
@@ -73,15 +73,18 @@ export class Worker {
   outSock: net.Socket | undefined;
   hsSock: net.Socket | undefined;
   handshakeTimer: NodeJS.Timeout | undefined;
+  /** held out of dispatch (injection in progress); `heldWaiter` resolves once it is idle */
+  held = false;
+  heldWaiter: (() => void) | undefined;
   readonly startedAt = Date.now();
   constructor(
     readonly clientId: number,
     readonly fprocessId: number,
     readonly pool: FunctionPool,
-    readonly child: ChildProcess | undefined,
+    readonly proc: SpawnedProcess,
   ) {}
-  get pid(): number | undefined {
-    return this.child?.pid;
+  get pid(): number {
+    return this.proc.pid;
   }
 }
 
@@ -143,7 +146,7 @@ export class FunctionPool {
     for (;;) {
       const w = this.idle.pop();
       if (!w) return undefined;
-      if (w.state === 'idle') return w;
+      if (w.state === 'idle' && !w.held) return w; // a held worker is pushed back when released
     }
   }
   get runnable(): boolean {
@@ -169,6 +172,10 @@ export class NodeAgent {
   /** hooks for observers (metrics, merge orchestration) */
   onWorkerReady: ((w: Worker) => void) | undefined;
   onWorkerExit: ((w: Worker) => void) | undefined;
+
+  get config(): FuncConfig {
+    return this.opts.config;
+  }
 
   constructor(private readonly opts: NodeAgentOptions) {
     this.log = opts.log;
@@ -229,19 +236,19 @@ export class NodeAgent {
       return undefined;
     }
     const [cmd, args] = e.library ? [this.opts.workerHost, [e.library]] : ['/bin/bash', ['-c', e.command!]];
-    const stdio: ('ignore' | 'inherit' | 'pipe' | number)[] = ['ignore', 'inherit', 'inherit', 'pipe'];
     const fds: number[] = [];
     if (this.opts.outputDir) {
-      for (const [i, ext] of [[1, 'stdout'], [2, 'stderr']] as const) {
-        const fd = openSync(join(this.opts.outputDir, `${e.funcName}_worker_${fprocessId}.${ext}`), FC.O_CREAT | FC.O_TRUNC | FC.O_WRONLY, 0o664);
-        fds.push(fd);
-        stdio[i] = fd;
+      for (const ext of ['stdout', 'stderr']) {
+        fds.push(openSync(join(this.opts.outputDir, `${e.funcName}_worker_${fprocessId}.${ext}`), FC.O_CREAT | FC.O_TRUNC | FC.O_WRONLY, 0o664));
       }
     }
-    let child: ChildProcess;
+    let proc: SpawnedProcess;
     try {
-      child = spawn(cmd, args, {
-        stdio,
+      proc = spawnProcess({
+        file: cmd,
+        args,
+        stdoutFd: fds[0],
+        stderrFd: fds[1],
         env: {
           ...process.env,
           ...this.opts.workerEnv,
@@ -252,32 +259,31 @@ export class NodeAgent {
           FAAS_ROOT_PATH_FOR_IPC: this.ipc.root,
         },
       });
+    } catch (err) {
+      this.log.error({ func: e.funcName, clientId, err: (err as Error).message }, 'cannot start worker');
+      this.ipc.removeWorkerFifos(clientId);
+      return undefined;
     } finally {
       for (const fd of fds) closeSync(fd);
     }
-    const w = new Worker(clientId, fprocessId, pool, child);
+    const w = new Worker(clientId, fprocessId, pool, proc);
     pool.workers.set(clientId, w);
     pool.counters.spawned++;
     this.workersByClient.set(clientId, w);
-    const cfgPipe = child.stdio[3] as net.Socket | null;
-    if (cfgPipe) {
-      const len = Buffer.alloc(4);
-      len.writeUInt32LE(this.opts.config.raw.length, 0);
-      cfgPipe.on('error', () => {}); // the child may exit before reading
-      cfgPipe.write(Buffer.concat([len, this.opts.config.raw]));
-    }
-    child.on('error', (err) => {
-      this.log.error({ func: e.funcName, clientId, err: err.message }, 'cannot start worker');
-      this.workerDead(w, `spawn failed: ${err.message}`);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(this.opts.config.raw.length, 0);
+    proc.control.write(Buffer.concat([len, this.opts.config.raw]));
+    proc.control.on('data', () => {
+      /* workers never write here */
     });
-    child.on('exit', (code, signal) => this.workerDead(w, signal ? `killed by ${signal}` : `exited with code ${code}`));
+    void proc.exited.then((x) => this.workerDead(w, x.signal ? `killed by signal ${x.signal}` : `exited with code ${x.code}`));
     w.handshakeTimer = setTimeout(() => {
       if (w.state === 'starting') {
         this.log.error({ func: e.funcName, clientId }, 'worker did not handshake in time; killing it');
-        child.kill('SIGKILL');
+        proc.kill('SIGKILL');
       }
     }, this.opts.handshakeTimeoutMs ?? 10000);
-    this.log.debug({ func: e.funcName, clientId, pid: child.pid }, 'worker spawned');
+    this.log.debug({ func: e.funcName, clientId, pid: proc.pid }, 'worker spawned');
     return w;
   }
 
@@ -328,7 +334,7 @@ export class NodeAgent {
     } catch (err) {
       this.log.error({ clientId, err: (err as Error).message }, 'cannot open worker FIFOs (did the worker open its input FIFO first?)');
       sock.destroy();
-      w.child?.kill('SIGKILL');
+      w.proc.kill('SIGKILL');
       return;
     }
     clearTimeout(w.handshakeTimer);
@@ -362,7 +368,7 @@ export class NodeAgent {
     w.inSock?.destroy();
     w.outSock?.destroy();
     w.hsSock?.destroy();
-    if (w.child && w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGKILL');
+    w.proc.kill('SIGKILL');
     this.ipc.removeWorkerFifos(w.clientId);
     const call = w.current;
     w.current = undefined;
@@ -370,6 +376,9 @@ export class NodeAgent {
       this.log.warn({ func: pool.entry.funcName, clientId: w.clientId, pid: w.pid, reason, inFlight: call ? String(call.id) : null }, 'worker gone');
     }
     if (call) this.finishFailed(call, `worker ${w.clientId} died`);
+    const waiter = w.heldWaiter;
+    w.heldWaiter = undefined;
+    waiter?.();
     // Results of this worker's own nested calls have nowhere to go; finish() cleans them up.
     this.onWorkerExit?.(w);
     if (this.stopping) return;
@@ -421,6 +430,13 @@ export class NodeAgent {
   /** A worker became free: give it the oldest queued call, or park it. */
   private releaseWorker(w: Worker): void {
     if (w.state === 'dead') return;
+    if (w.held) {
+      w.state = 'idle';
+      const waiter = w.heldWaiter;
+      w.heldWaiter = undefined;
+      waiter?.();
+      return;
+    }
     const next = w.pool.dequeue();
     if (next) this.send(w, next);
     else {
@@ -575,6 +591,32 @@ export class NodeAgent {
     caller.inSock.write(f);
   }
 
+  /**
+   * Takes a worker out of dispatch until the returned release() is called:
+   * waits for its current call to finish, so it is idle (blocked reading its
+   * input FIFO, a safe point with no user-space lock held) while held.
+   */
+  async hold(w: Worker): Promise<() => void> {
+    if (w.held) throw new Error(`worker ${w.clientId} is already held`);
+    w.held = true;
+    if (w.state === 'busy' || w.state === 'starting') {
+      await new Promise<void>((resolve) => {
+        w.heldWaiter = resolve;
+      });
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      w.held = false;
+      this.releaseWorker(w);
+    };
+  }
+
+  workerByClientId(clientId: number): Worker | undefined {
+    return this.workersByClient.get(clientId);
+  }
+
   // ------------------------------------------------------------ status
 
   status(): { funcName: string; funcId: number; workers: number; idle: number; busy: number; starting: number; queued: number; counters: FunctionCounters; pids: number[] }[] {
@@ -606,12 +648,8 @@ export class NodeAgent {
     for (const pool of this.pools.values()) {
       clearTimeout(pool.respawnTimer);
       for (const w of pool.workers.values()) {
-        const child = w.child;
-        if (child && child.exitCode === null && child.signalCode === null) {
-          exits.push(new Promise((r) => child.once('exit', () => r())));
-          child.kill('SIGTERM');
-          setTimeout(() => child.kill('SIGKILL'), 1000).unref();
-        }
+        exits.push(w.proc.exited.then(() => undefined));
+        w.proc.kill('SIGTERM');
         this.workerDead(w, 'stopping');
       }
     }

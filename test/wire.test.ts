@@ -5,6 +5,7 @@ import {
   encodeEngineHandshake, encodeGatewayMessage, encodeIpc, GatewayFrameReader, INLINE_CAPACITY, ipc, IpcFrameReader,
   MESSAGE_SIZE, MessageType, packCallId, unpackCallId,
 } from '../proto/wire.js';
+import { encode } from '../proto/merge-wire.js';
 import { ROOT } from './helpers.js';
 
 // Each case of proto/golden.txt built with the TypeScript encoders.
@@ -30,6 +31,9 @@ const build: Record<string, () => Buffer> = {
     b.writeBigUInt64LE(packCallId({ funcId: 0xab, methodId: 0x15, clientId: 0x1234, callId: 0xdeadbeef }));
     return b;
   },
+  merge_route_on: () => encode.route(7, 'Bar', true),
+  merge_load_thread: () => encode.load(9, 'Bar', '/x/libbar.so', 'thread', 4, 256),
+  merge_unload: () => encode.unload(11, 'Bar', 5000),
   full_call_id_simple: () => {
     const b = Buffer.alloc(8);
     b.writeBigUInt64LE(packCallId({ funcId: 1, methodId: 0, clientId: 0, callId: 1 }));
@@ -39,7 +43,7 @@ const build: Record<string, () => Buffer> = {
 
 t.test('golden bytes (proto/golden.txt)', async (t) => {
   const lines = readFileSync(join(ROOT, 'proto', 'golden.txt'), 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
-  t.ok(lines.length >= 13, 'golden file has its cases');
+  t.ok(lines.length >= 16, 'golden file has its cases');
   for (const line of lines) {
     const [name, off, hex] = line.split(/\s+/);
     t.ok(build[name], `encoder for ${name}`);
@@ -105,4 +109,44 @@ t.test('GatewayFrameReader: split, merged and malformed input', async (t) => {
   const huge = encodeGatewayMessage({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: 5n, value: 0, payload: Buffer.alloc(0) });
   huge.writeInt32LE(1 << 30, 12);
   t.throws(() => new GatewayFrameReader(1 << 20).feed(huge), /exceeds the limit/, 'payload over the limit refused before buffering');
+});
+
+t.test('merge protocol: replies, stats and malformed frames', async (t) => {
+  const { decodeReply, MpFrameReader, histPercentileNs, MP_REPLY, MpType } = await import('../proto/merge-wire.js');
+  // A STATS reply as the runtime writes it: header, message, tsc_hz, one callee.
+  const parts: Buffer[] = [];
+  const u = (n: number, v: number | bigint) => {
+    const b = Buffer.alloc(n);
+    if (n === 1) b.writeUInt8(Number(v));
+    if (n === 2) b.writeUInt16LE(Number(v));
+    if (n === 4) b.writeUInt32LE(Number(v));
+    if (n === 8) b.writeBigUInt64LE(BigInt(v));
+    parts.push(b);
+  };
+  const str = (s: string) => { u(2, s.length); parts.push(Buffer.from(s)); };
+  str('');
+  u(8, 2_000_000_000n);
+  u(2, 1);
+  str('Bar'); u(1, 2); u(1, 1); u(1, 0); u(1, 0);
+  for (const v of [10, 1, 0, 5000, 900]) u(8, v);
+  u(4, 0); u(4, 2);
+  for (let i = 0; i < 32; i++) u(4, i === 9 ? 10 : 0);
+  const body = Buffer.concat(parts);
+  const head = Buffer.alloc(16);
+  head.writeUInt32LE(16 + body.length, 0);
+  head.writeUInt16LE(MpType.STATS | MP_REPLY, 4);
+  head.writeUInt32LE(3, 8);
+  const frame = Buffer.concat([head, body]);
+  const r = decodeReply(frame);
+  t.equal(r.header.requestId, 3);
+  t.equal(r.stats!.tscHz, 2e9);
+  t.match(r.stats!.callees[0], { name: 'Bar', isolation: 'thread', routed: true, faulted: false, calls: 10, failures: 1, totalCycles: 5000, instances: 2 });
+  t.equal(histPercentileNs(r.stats!.callees[0].hist, 2e9, 50), 512, 'bucket 9 = below 2^10 cycles = 512 ns at 2 GHz');
+  const reader = new MpFrameReader();
+  t.same(reader.feed(frame.subarray(0, 10)), []);
+  t.equal(reader.feed(frame.subarray(10)).length, 1, 'split frames reassembled');
+  const bad = Buffer.alloc(8);
+  bad.writeUInt32LE(3, 0);
+  t.throws(() => new MpFrameReader().feed(bad), /out of range/, 'length below the header refused');
+  t.throws(() => decodeReply(frame.subarray(0, 20)), /truncated/, 'truncated body refused');
 });

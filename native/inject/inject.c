@@ -252,6 +252,36 @@ static thread_t* find_thread(ctx_t* c, pid_t tid) {
   return NULL;
 }
 
+/* The scheduler state letter of a thread ('t' = ptrace stop), 0 if it is gone. */
+static char thread_state(pid_t pid, pid_t tid) {
+  char path[96], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  char* rp = strrchr(buf, ')');
+  return rp && rp[1] == ' ' ? rp[2] : 0;
+}
+
+/*
+ * A stop whose wait notification someone else took: our process may also be
+ * the tracee's parent, and any waitpid() in our thread group sees ptrace stops
+ * (Node's libuv waits on the children it spawned). Classify it from
+ * PTRACE_GETSIGINFO instead.
+ */
+static void classify_silent_stop(thread_t* t) {
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  t->stopped = true;
+  if (ptrace(PTRACE_GETSIGINFO, t->tid, 0, &si) != 0) return; /* group-stop */
+  if ((si.si_code >> 8) == PTRACE_EVENT_STOP) return;         /* our interrupt */
+  if (si.si_signo != SIGTRAP && si.si_signo != SIGSTOP) t->pending_sig = si.si_signo;
+  else if (si.si_code <= 0) t->pending_sig = si.si_signo;      /* sent by someone */
+}
+
 /*
  * Waits for `t` to enter a ptrace stop. Signal-delivery stops are recorded
  * (the signal is owed to the thread and re-sent at detach). Returns 0 when
@@ -261,6 +291,7 @@ static int wait_stop(ctx_t* c, thread_t* t, double deadline) {
   /* Yield-spin first: a remote call or a stop takes tens of µs, and a sleep
    * costs at least the timer slack (50 µs). Sleep only for long waits. */
   double spin_until = now_us() + 5000;
+  double traced_since = 0;
   for (;;) {
     siginfo_t si;
     memset(&si, 0, sizeof si);
@@ -272,6 +303,21 @@ static int wait_stop(ctx_t* c, thread_t* t, double deadline) {
     }
     if (si.si_pid == 0) {
       double now = now_us();
+      /* In a ptrace stop for 2 ms with no notification: it went to another waiter. */
+      char st = thread_state(c->pid, t->tid);
+      if (st == 0) {
+        c->rep->target_exited = t->tid == c->pid;
+        return 1;
+      }
+      if (st == 't') {
+        if (traced_since == 0) traced_since = now;
+        else if (now - traced_since > 2000) {
+          classify_silent_stop(t);
+          return 0;
+        }
+      } else {
+        traced_since = 0;
+      }
       if (now > deadline) return -1;
       if (now < spin_until) {
         sched_yield();

@@ -500,6 +500,20 @@ static callee* find_loaded(const char* name) {
   return NULL;
 }
 
+/* Destroys an instance with a fault frame armed: a faulted instance's state is
+ * unknown, and its destroy may fault too; that must not take the process down. */
+__attribute__((noinline)) static void guarded_destroy(callee* c, instance* in) {
+  fault_frame f;
+  ensure_altstack();
+  if (_setjmp(f.env) != 0) {
+    unblock_fault_signals();
+    return;
+  }
+  tls_frame = &f;
+  c->destroy(in->handle);
+  tls_frame = NULL;
+}
+
 static void free_instances(callee* c) {
   for (int i = 0; i < c->n_instances; i++) {
     instance* in = &c->inst[i];
@@ -509,7 +523,7 @@ static void free_instances(callee* c) {
       pthread_join(in->thread, NULL);
       in->has_thread = false;
     }
-    if (in->handle && c->destroy && !in->broken) c->destroy(in->handle);
+    if (in->handle && c->destroy) guarded_destroy(c, in);
     in->handle = NULL;
     if (in->stack_base) munmap((char*)in->stack_base - 4096, in->stack_size + 4096);
     in->stack_base = NULL;

@@ -1,0 +1,185 @@
+// The injector through its koffi binding, and run-time merging in live worker hosts.
+import t from 'tap';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { NATIVE_BUILD } from '../common/paths.js';
+import { inject } from '../launcher/injector.js';
+import { spawnProcess } from '../launcher/spawn.js';
+import type { Isolation } from '../proto/merge-wire.js';
+import { post, waitFor } from './helpers.js';
+import { startInProcessStack, type InProcessStack } from './inprocess.js';
+
+/**
+ * A test target, started the way the launcher starts workers (posix_spawn, not
+ * child_process: libuv would take the tracee's ptrace stops for exits).
+ * Its stdin/stdout are our socketpair.
+ */
+function startTarget(name: string): Promise<{ pid: number; echo(s: string): Promise<string>; stop(): void }> {
+  return new Promise((resolve) => {
+    const p = spawnProcess({ file: join(NATIVE_BUILD, 'targets', name), args: [], env: process.env, stdioOnControl: true });
+    let buf = '';
+    let waiter: ((line: string) => void) | undefined;
+    p.control.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (line.startsWith('ready ')) {
+          setTimeout(() => resolve({
+            pid: p.pid,
+            echo: (s) => new Promise((r) => { waiter = r; p.control.write(`${s}\n`); }),
+            stop: () => p.kill('SIGKILL'),
+          }), 10);
+        } else waiter?.(line);
+      }
+    });
+  });
+}
+
+t.test('koffi binding: typed report, off the event loop', async (t) => {
+  const target = await startTarget('target_read');
+  t.teardown(() => target.stop());
+  const out = `/tmp/nf-koffi-probe-${process.pid}`;
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 0);
+  const r = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'probe_entry', arg: out });
+  clearInterval(timer);
+  t.equal(r.ok, true, r.error);
+  t.equal(readFileSync(out, 'utf8'), `pid=${target.pid}`, 'entry ran with its argument');
+  rmSync(out, { force: true });
+  t.equal(r.safePoint, true);
+  t.equal(r.syscall, 0, 'blocked in read(2)');
+  t.ok(r.stoppedUs > 0 && r.totalUs >= r.stoppedUs, `stopped ${r.stoppedUs.toFixed(0)} µs of ${r.totalUs.toFixed(0)} µs`);
+  t.equal(await target.echo('still here'), 'echo still here');
+  const missing = await inject(target.pid, '/nonexistent.so');
+  t.equal(missing.ok, false);
+  t.match(missing.error, /No such file/);
+  const noEntry = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'nope' });
+  t.match(noEntry.error, /entry symbol nope not found/);
+  t.equal(await target.echo('after failures'), 'echo after failures');
+  const stat = await startTarget('target_static');
+  t.teardown(() => stat.stop());
+  t.match((await inject(stat.pid, join(NATIVE_BUILD, 'libprobe.so'))).error, /statically linked/);
+});
+
+/** Sequential calls in a loop; every answer checked. */
+function loadLoop(port: number, path: string, input: (i: number) => string, expect: (i: number) => string) {
+  let stop = false;
+  const stats = { ok: 0, bad: [] as string[] };
+  const done = (async () => {
+    for (let i = 0; !stop; i++) {
+      try {
+        const r = await post(port, path, input(i));
+        if (r.status === 200 && r.body.toString() === expect(i)) stats.ok++;
+        else stats.bad.push(`#${i}: ${r.status} ${r.body.toString().slice(0, 80)}`);
+      } catch (err) {
+        stats.bad.push(`#${i}: ${(err as Error).message}`);
+      }
+    }
+  })();
+  return { stats, stop: async () => { stop = true; await done; } };
+}
+
+let stack: InProcessStack;
+t.before(async () => {
+  stack = await startInProcessStack();
+});
+t.teardown(async () => {
+  await stack?.stop();
+});
+
+const barLib = () => stack.agent.config.byName.get('Bar')!.library!;
+
+for (const iso of ['inline', 'stack', 'thread'] as Isolation[]) {
+  t.test(`merge Bar into every Foo worker (${iso}) under load; unmerge; nothing lost`, async (t) => {
+    const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `m-${iso}-${i}`, (i) => `From function Bar: m-${iso}-${i}, World\n`);
+    await new Promise((r) => setTimeout(r, 200));
+    const foos = stack.agent.workersOf('Foo').filter((w) => w.state !== 'dead');
+    t.ok(foos.length >= 2, `${foos.length} Foo workers`);
+    for (const w of foos) {
+      const s = await stack.merge.attach(w);
+      t.equal(s.hello.pid, w.pid, `runtime in worker ${w.clientId} says hello`);
+      await s.load('Bar', barLib(), iso, 1);
+      await s.route('Bar', true);
+    }
+    const barPool = [...stack.agent.pools.values()].find((p) => p.entry.funcName === 'Bar')!;
+    await new Promise((r) => setTimeout(r, 300));
+    const ipcBefore = barPool.counters.calls;
+    await new Promise((r) => setTimeout(r, 500));
+    t.equal(barPool.counters.calls, ipcBefore, 'no Foo->Bar call crosses IPC while merged');
+    let local = 0;
+    for (const w of foos) {
+      const st = await stack.merge.sessions.get(w.clientId)!.stats();
+      const bar = st.callees.find((c) => c.name === 'Bar')!;
+      t.equal(bar.isolation, iso);
+      t.equal(bar.failures, 0);
+      local += bar.calls;
+    }
+    t.ok(local > 10, `${local} local calls served in process`);
+    await stack.merge.collect();
+    const edge = stack.agent.edges.snapshot().find((e) => e.caller === 'Foo' && e.callee === 'Bar')!;
+    t.ok(edge.localCalls >= local, 'local calls folded into the Foo->Bar edge');
+    for (const w of foos) {
+      const s = stack.merge.sessions.get(w.clientId)!;
+      await s.route('Bar', false);
+      await s.unload('Bar');
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    t.ok(barPool.counters.calls > ipcBefore, 'calls go over IPC again after unmerge');
+    await loop.stop();
+    t.same(loop.stats.bad, [], 'every response before, during and after was right');
+    t.ok(loop.stats.ok > 50, `${loop.stats.ok} calls checked`);
+  });
+}
+
+t.test('a faulting merged callee fails one call; the caller keeps serving', async (t) => {
+  const faulty = stack.agent.workersOf('Faulty').filter((w) => w.state !== 'dead');
+  const crashyLib = stack.agent.config.byName.get('Crashy')!.library!;
+  for (const w of faulty) {
+    const s = await stack.merge.attach(w);
+    await s.load('Crashy', crashyLib, 'stack', 1);
+    await s.route('Crashy', true);
+  }
+  const pids = faulty.map((w) => w.pid);
+  t.equal((await post(stack.httpPort, '/function/Faulty', 'call:Crashy:merged ok')).body.toString(), 'merged ok');
+  const r = await post(stack.httpPort, '/function/Faulty', 'call:Crashy:crash');
+  t.equal(r.status, 500, 'the call that hit the fault fails');
+  await waitFor(() => stack.faults.length >= 1, 3000, 'FAULT event');
+  t.equal(stack.faults[0].callee, 'Crashy');
+  t.equal(stack.faults[0].signal, 11, 'SIGSEGV');
+  t.same(stack.agent.workersOf('Faulty').map((w) => w.pid).sort(), pids.sort(), 'caller workers still the same processes');
+  const crashyPool = [...stack.agent.pools.values()].find((p) => p.entry.funcName === 'Crashy')!;
+  const before = crashyPool.counters.calls;
+  for (let i = 0; i < 4; i++) t.equal((await post(stack.httpPort, '/function/Faulty', `call:Crashy:after${i}`)).body.toString(), `after${i}`);
+  t.ok(crashyPool.counters.calls > before, 'route is off: calls go over IPC');
+  for (const w of faulty) await stack.merge.sessions.get(w.clientId)!.unload('Crashy');
+});
+
+t.test('inject -> LOAD -> ROUTE -> UNLOAD, 100 times in a live worker: no leaked threads or mappings', async (t) => {
+  const w = stack.agent.workersOf('Foo').find((x) => x.state !== 'dead')!;
+  const count = () => ({
+    threads: readdirSync(`/proc/${w.pid}/task`).length,
+    maps: readFileSync(`/proc/${w.pid}/maps`, 'utf8').split('\n').length,
+    bar: readFileSync(`/proc/${w.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes('libbar.so')).length,
+  });
+  await stack.merge.attach(w);
+  const before = count();
+  const isos: Isolation[] = ['inline', 'stack', 'thread'];
+  for (let i = 0; i < 100; i++) {
+    // Re-inject each round: the runtime's entry is idempotent while it runs.
+    const release = await stack.agent.hold(w);
+    const rep = await inject(w.pid!, join(NATIVE_BUILD, 'libnightfuse_merge.so'), { entry: 'nightfuse_merge_start', arg: stack.merge.socketPath });
+    release();
+    if (!rep.ok) t.fail(`re-inject #${i}: ${rep.error}`);
+    const s = await stack.merge.attach(w);
+    await s.load('Bar', barLib(), isos[i % 3], 1);
+    await s.route('Bar', true);
+    await s.unload('Bar');
+  }
+  const after = count();
+  t.equal(after.threads, before.threads, `threads ${before.threads} -> ${after.threads}`);
+  t.equal(after.bar, 0, 'callee library unmapped');
+  t.ok(after.maps <= before.maps + 8, `mappings ${before.maps} -> ${after.maps}`);
+  t.equal((await post(stack.httpPort, '/function/Foo', 'after cycles')).body.toString(), 'From function Bar: after cycles, World\n');
+});
