@@ -7,11 +7,15 @@
  *   - /function/Foo (Foo -> Bar nested call through the launcher),
  * and the nested-call overhead the launcher adds, from its edge statistics.
  *
- * Env: BENCH_SECONDS (default 5 per run), BENCH_ONLY=runtime|native|merge.
+ * Part 2 (native): nested call over IPC vs merged (inline/stack/thread), the
+ * merge runtime's per-call cost, and injection times (bench-native.ts).
+ *
+ * Env: BENCH_SECONDS (default 5 per run), BENCH_INJECTIONS (60), BENCH_ONLY=runtime|native|merge.
  */
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { CLI, DIST_SCRIPTS, freePort, load, spawnReady, stopAll, table } from './bench-lib.js';
+import { benchNative } from './bench-native.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 
@@ -64,6 +68,7 @@ async function main(): Promise<void> {
   const parts: string[] = [];
   try {
     if (!only || only === 'runtime') parts.push(await benchRuntime());
+    if (!only || only === 'native') parts.push(await benchNative());
   } finally {
     await stopAll();
   }

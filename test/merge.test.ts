@@ -6,8 +6,8 @@ import { NATIVE_BUILD } from '../common/paths.js';
 import { inject } from '../launcher/injector.js';
 import { spawnProcess } from '../launcher/spawn.js';
 import type { Isolation } from '../proto/merge-wire.js';
-import { post, waitFor } from './helpers.js';
-import { startInProcessStack, type InProcessStack } from './inprocess.js';
+import { startLocalStack, type LocalStack } from '../launcher/local-stack.js';
+import { FIXTURE_CONFIG, post, waitFor } from './helpers.js';
 
 /**
  * A test target, started the way the launcher starts workers (posix_spawn, not
@@ -81,9 +81,9 @@ function loadLoop(port: number, path: string, input: (i: number) => string, expe
   return { stats, stop: async () => { stop = true; await done; } };
 }
 
-let stack: InProcessStack;
+let stack: LocalStack;
 t.before(async () => {
-  stack = await startInProcessStack();
+  stack = await startLocalStack(FIXTURE_CONFIG);
 });
 t.teardown(async () => {
   await stack?.stop();
