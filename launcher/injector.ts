@@ -40,6 +40,10 @@ export interface InjectReport {
   stoppedUs: number;
   totalUs: number;
   dlopenUs: number;
+  /** seizing and stopping every thread (µs) */
+  attachUs: number;
+  /** the remote entry call (µs) */
+  entryUs: number;
   /** dlopen handle in the target, as hex */
   handle: string;
 }
@@ -58,7 +62,7 @@ function load() {
   const reportType = koffi.struct('nf_inject_report', {
     ok: 'int32', threads_seen: 'int32', thread_used: 'int32', safe_point: 'int32', syscall_nr: 'int32',
     attempts: 'int32', entry_result: 'int32', target_exited: 'int32', stopped_us: 'double', total_us: 'double',
-    dlopen_us: 'double', handle: 'uint64', error: koffi.array('char', ERROR_LEN, 'String'),
+    dlopen_us: 'double', attach_us: 'double', entry_us: 'double', handle: 'uint64', error: koffi.array('char', ERROR_LEN, 'String'),
   });
   const size = lib.func('int nf_inject_report_size(void)')() as number;
   if (size !== koffi.sizeof(reportType)) {
@@ -72,6 +76,7 @@ function load() {
 interface RawReport {
   ok: number; threads_seen: number; thread_used: number; safe_point: number; syscall_nr: number; attempts: number;
   entry_result: number; target_exited: number; stopped_us: number; total_us: number; dlopen_us: number;
+  attach_us: number; entry_us: number;
   handle: bigint | number; error: string;
 }
 
@@ -99,6 +104,8 @@ export function inject(pid: number, library: string, opts: InjectOptions = {}): 
         stoppedUs: report.stopped_us,
         totalUs: report.total_us,
         dlopenUs: report.dlopen_us,
+        attachUs: report.attach_us,
+        entryUs: report.entry_us,
         handle: `0x${BigInt(report.handle ?? 0).toString(16)}`,
       });
     });

@@ -196,34 +196,61 @@ export class MergeControl {
     return p;
   }
 
-  private async doAttach(w: Worker, timeoutMs: number): Promise<MergeSession> {
-    if (!w.pid || w.state === 'dead' || w.state === 'starting') throw new MergeError(`worker ${w.clientId} is not running`);
-    const hello = new Promise<MergeSession | undefined>((resolve) => {
-      const timer = setTimeout(() => resolve(undefined), timeoutMs);
-      this.helloWaiters.set(w.clientId, (s) => {
+  private waitHello(clientId: number, timeoutMs: number): Promise<MergeSession | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.helloWaiters.delete(clientId);
+        resolve(undefined);
+      }, timeoutMs);
+      this.helloWaiters.set(clientId, (s) => {
         clearTimeout(timer);
         resolve(s);
       });
     });
+  }
+
+  /** One injection with the worker held out of dispatch. */
+  private async injectHeld(w: Worker, entry: string | undefined): Promise<InjectReport> {
     const release = await this.o.agent.hold(w);
     let report: InjectReport;
     try {
       if ((w.state as string) === 'dead') throw new MergeError(`worker ${w.clientId} died while being held`);
       report = await inject(w.pid, this.o.runtimeLibrary ?? MERGE_RUNTIME_LIBRARY, {
-        entry: MERGE_ENTRY, arg: this.socketPath, safeWaitMs: this.o.safeWaitMs ?? 50, timeoutMs: 5000,
+        entry, arg: entry ? this.socketPath : undefined, safeWaitMs: this.o.safeWaitMs ?? 50, timeoutMs: 5000,
       });
     } finally {
       release();
     }
     this.injections.push(report);
     if (this.injections.length > 1000) this.injections.shift();
-    this.o.log.info({ worker: w.clientId, pid: w.pid, ok: report.ok, stoppedUs: Math.round(report.stoppedUs), totalUs: Math.round(report.totalUs), error: report.error || undefined }, 'merge runtime injection');
+    this.o.log.info({ worker: w.clientId, pid: w.pid, entry, ok: report.ok, stoppedUs: Math.round(report.stoppedUs), totalUs: Math.round(report.totalUs), error: report.error || undefined }, 'merge runtime injection');
+    return report;
+  }
+
+  /**
+   * Loads the runtime with no entry call: its constructor starts it from the
+   * worker's environment, so the stopped window holds only dlopen. If no HELLO
+   * follows (an old runtime still loaded but disconnected, or a process that is
+   * not a worker host), the explicit entry starts it or says why not.
+   */
+  private async doAttach(w: Worker, timeoutMs: number): Promise<MergeSession> {
+    if (!w.pid || w.state === 'dead' || w.state === 'starting') throw new MergeError(`worker ${w.clientId} is not running`);
+    let hello = this.waitHello(w.clientId, Math.min(timeoutMs, 1500));
+    let report = await this.injectHeld(w, undefined);
+    if (!report.ok) {
+      this.helloWaiters.delete(w.clientId);
+      throw new MergeError(`injecting the merge runtime into worker ${w.clientId} (pid ${w.pid}) failed: ${report.error}`);
+    }
+    let s = await hello;
+    if (s) return s;
+    hello = this.waitHello(w.clientId, timeoutMs);
+    report = await this.injectHeld(w, MERGE_ENTRY);
     if (!report.ok) {
       this.helloWaiters.delete(w.clientId);
       const why = ENTRY_ERRORS[report.entryResult] ?? report.error;
-      throw new MergeError(`injecting the merge runtime into worker ${w.clientId} (pid ${w.pid}) failed: ${why}`);
+      throw new MergeError(`starting the merge runtime in worker ${w.clientId} (pid ${w.pid}) failed: ${why}`);
     }
-    const s = await hello;
+    s = await hello;
     if (!s) throw new MergeError(`worker ${w.clientId}'s merge runtime did not connect within ${timeoutMs} ms`);
     return s;
   }

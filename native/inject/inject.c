@@ -600,11 +600,23 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   bool legacy = q[0].value == 0;
   uint64_t f_dlopen = base + (legacy ? q[4].value : q[0].value);
   uint64_t f_dlsym = base + (q[1].value ? q[1].value : q[5].value);
-  uint64_t f_dlclose = base + (q[3].value ? q[3].value : q[6].value);
   uint64_t f_dlerror = q[2].value ? base + q[2].value : 0;
   if ((legacy && q[4].value == 0) || (!q[1].value && !q[5].value)) {
     fail(rep, "the target's libc (%s) exports neither dlopen nor __libc_dlopen_mode / dlsym", libc_path);
     goto out_nodetach;
+  }
+
+  /* Resolve the entry in the library's own symbols now, before touching the
+   * target: a missing entry is refused without stopping anything, and after
+   * dlopen the address is l_addr + st_value (no remote dlsym round trip). */
+  sym_query entry_q = {entry ? entry : "", 0, 0};
+  if (entry && *entry) {
+    uint64_t lib_first_vaddr;
+    if (elf_dynsyms(libreal, &entry_q, 1, &lib_first_vaddr, rep)) goto out_nodetach;
+    if (entry_q.value == 0) {
+      fail(rep, "entry symbol %s not found in %s (not an exported function); the target was not touched", entry, libreal);
+      goto out_nodetach;
+    }
   }
 
   double deadline = now_us() + timeout_ms * 1000.0;
@@ -615,6 +627,7 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
     rep->attempts++;
     stop_started = now_us();
     if (stop_all(c, deadline)) goto out;
+    rep->attach_us = now_us() - stop_started;
     used = NULL;
     thread_t* any = NULL;
     for (int i = 0; i < c->n; i++) {
@@ -679,20 +692,19 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   }
   rep->handle = handle;
   if (entry && *entry) {
-    uint64_t fn = 0;
-    if (remote_call(c, used, saved, f_dlsym, handle, a_entry, stack_top, timeout_ms, &fn, "dlsym")) goto out;
+    /* glibc's dlopen handle is the library's struct link_map; its first field, l_addr, is the load bias. */
+    uint64_t l_addr = 0, fn = 0;
+    struct iovec local = {&l_addr, 8}, remote = {(void*)handle, 8};
+    if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == 8) fn = l_addr + entry_q.value;
+    if (fn == 0 && remote_call(c, used, saved, f_dlsym, handle, a_entry, stack_top, timeout_ms, &fn, "dlsym")) goto out;
     if (fn == 0) {
-      uint64_t msg = 0, ignored;
-      char text[400] = "";
-      if (f_dlerror && remote_call(c, used, saved, f_dlerror, 0, 0, stack_top, timeout_ms, &msg, "dlerror") == 0 && msg)
-        peek_string(pid, msg, text, sizeof text);
-      remote_call(c, used, saved, f_dlclose, handle, 0, stack_top, timeout_ms, &ignored, "dlclose");
-      rep->handle = 0;
-      fail(rep, "entry symbol %s not found in %s: %s (library unloaded again)", entry, libreal, text[0] ? text : "no such symbol");
+      fail(rep, "entry symbol %s could not be resolved in the target", entry);
       goto out;
     }
     uint64_t result = 0;
+    double e0 = now_us();
     if (remote_call(c, used, saved, fn, a_arg, 0, stack_top, timeout_ms, &result, "the entry function")) goto out;
+    rep->entry_us = now_us() - e0;
     rep->entry_result = (int32_t)result;
     if (rep->entry_result != 0) {
       fail(rep, "entry %s returned %d", entry, rep->entry_result);

@@ -2,12 +2,16 @@
  * libnightfuse_merge.so: the in-process merge runtime the injector loads into a
  * caller worker (see ARCHITECTURE.md, "Merging, step by step").
  *
- * Entry: int nightfuse_merge_start(const char* control_socket_path)
- *   Starts the control thread and returns at once (it runs inside the
- *   injector's stopped-world window, so it does nothing else). Returns 0, or
- *   2 if this process is not a Nightfuse worker host (no routing hook),
- *   3 if the thread cannot be started. Calling it again while the control
- *   thread runs is a no-op; after the launcher disconnected it starts a new one.
+ * Start: the launcher injects this library with no entry call: its ELF
+ *   constructor finds the host's routing hook and $FAAS_ROOT_PATH_FOR_IPC/
+ *   merge.sock and starts the control thread, which connects (only thread
+ *   creation happens inside the injector's stopped window).
+ * Entry: int nightfuse_merge_start(const char* control_socket_path), for any
+ *   other caller and for diagnosis: connects, starts the control thread and
+ *   returns 0, or 2 if this process is not a Nightfuse worker host (no routing
+ *   hook), 3 if the thread cannot be started, 4 if the path is too long, 5 if
+ *   it cannot connect. A no-op while the control thread runs; after the
+ *   launcher disconnected it starts a new one.
  *
  * Control thread: connects to the launcher and serves LOAD / ROUTE / UNLOAD /
  * STATS (include/nightfuse/merge_proto.h), and reports FAULTs.
@@ -795,26 +799,16 @@ out:
   return NULL;
 }
 
-NF_EXPORT int nightfuse_merge_start(const char* socket_path) {
-  if (atomic_load(&g_running)) return 0;
-  g_hook = dlsym(RTLD_DEFAULT, "nightfuse_route_hook");
-  g_host_ipc = dlsym(RTLD_DEFAULT, "nightfuse_host_invoke_ipc");
-  if (!g_hook || !g_host_ipc) return 2;
-  if (!socket_path || strlen(socket_path) >= sizeof g_socket_path) return 4;
-  snprintf(g_socket_path, sizeof g_socket_path, "%s", socket_path);
-  install_handlers();
-  if (g_event_fd < 0) g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  /* Connect here (a unix connect is quick) so failures are reported to the injector. */
+/* Connects to the launcher and says HELLO; the socket, or -1. */
+static int connect_and_hello(const char* path) {
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  snprintf(addr.sun_path, sizeof addr.sun_path, "%s", g_socket_path);
+  snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
   if (s < 0 || connect(s, (struct sockaddr*)&addr, sizeof addr) != 0) {
     if (s >= 0) close(s);
-    return 5;
+    return -1;
   }
-  g_sock = s;
-  /* No malloc here: we run inside the injector's remote call. The control
-   * thread does not exist yet, so its writer is free to use. */
+  /* The control thread's writer: free, it runs on that thread or before it exists. */
   nf_mp_writer* w = &g_w;
   nf_mp_begin(w, NF_MP_HELLO, 0, 0);
   const char* fid = getenv("FAAS_FUNC_ID");
@@ -824,24 +818,74 @@ NF_EXPORT int nightfuse_merge_start(const char* socket_path) {
   nf_mp_u32(w, cid ? (uint32_t)atoi(cid) : 0);
   nf_mp_str(w, VERSION);
   nf_mp_end(w);
-  ssize_t sent = send(s, w->buf, w->len, MSG_NOSIGNAL);
-  if (sent != (ssize_t)w->len) {
+  if (send(s, w->buf, w->len, MSG_NOSIGNAL) != (ssize_t)w->len) {
     close(s);
-    g_sock = -1;
-    return 5;
+    return -1;
   }
-  atomic_store(&g_running, 1);
+  return s;
+}
+
+/* Started from the ELF constructor: connect on this thread, outside the injector's stopped window. */
+static void* autostart_thread(void* arg) {
+  (void)arg;
+  install_handlers();
+  if (g_event_fd < 0) g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  for (int i = 0; i < 50; i++) {
+    g_sock = connect_and_hello(g_socket_path);
+    if (g_sock >= 0) return control_thread(NULL);
+    usleep(2000);
+  }
+  atomic_store(&g_running, 0);
+  return NULL;
+}
+
+static int spawn_thread(void* (*fn)(void*)) {
   pthread_t t;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, 256 * 1024);
-  /* The control thread must not take the fault signals meant for callee code. */
-  int e = pthread_create(&t, &attr, control_thread, NULL);
+  int e = pthread_create(&t, &attr, fn, NULL);
   pthread_attr_destroy(&attr);
-  if (e) {
+  return e;
+}
+
+static int find_host(void) {
+  g_hook = dlsym(RTLD_DEFAULT, "nightfuse_route_hook");
+  g_host_ipc = dlsym(RTLD_DEFAULT, "nightfuse_host_invoke_ipc");
+  return g_hook && g_host_ipc;
+}
+
+/*
+ * Injected by the launcher with no entry call: the library starts itself while
+ * dlopen runs, when it finds itself in a Nightfuse worker host whose IPC root
+ * holds the launcher's merge.sock. Only a thread is started here (the injector
+ * keeps the process stopped meanwhile); that thread connects. Loaded any other
+ * way (a test harness, a non-worker process), it does nothing.
+ */
+__attribute__((constructor)) static void autostart(void) {
+  const char* root = getenv("FAAS_ROOT_PATH_FOR_IPC");
+  if (!root || !find_host()) return;
+  if (snprintf(g_socket_path, sizeof g_socket_path, "%s/merge.sock", root) >= (int)sizeof g_socket_path) return;
+  if (access(g_socket_path, F_OK) != 0) return;
+  if (atomic_exchange(&g_running, 1)) return;
+  if (spawn_thread(autostart_thread) != 0) atomic_store(&g_running, 0);
+}
+
+NF_EXPORT int nightfuse_merge_start(const char* socket_path) {
+  if (atomic_load(&g_running)) return 0;
+  if (!find_host()) return 2;
+  if (!socket_path || strlen(socket_path) >= sizeof g_socket_path) return 4;
+  snprintf(g_socket_path, sizeof g_socket_path, "%s", socket_path);
+  install_handlers();
+  if (g_event_fd < 0) g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  /* Connect here so a failure is reported to whoever called the entry. */
+  g_sock = connect_and_hello(g_socket_path);
+  if (g_sock < 0) return 5;
+  atomic_store(&g_running, 1);
+  if (spawn_thread(control_thread) != 0) {
     atomic_store(&g_running, 0);
-    close(s);
+    close(g_sock);
     g_sock = -1;
     return 3;
   }

@@ -220,7 +220,7 @@ static void test_failures(void) {
   CHECK(inject(t.pid, "libunresolved.so", "", "", 50, &r) != 0 && strstr(r.error, "dlopen") && strstr(r.error, "undefined symbol"),
         "dlopen failure carries the target's dlerror: %s", r.error);
   left_running(&t, "after dlopen failure");
-  CHECK(inject(t.pid, "libprobe.so", "no_such_entry", "", 50, &r) != 0 && strstr(r.error, "no_such_entry not found"), "missing entry: %s", r.error);
+  CHECK(inject(t.pid, "libprobe.so", "no_such_entry", "", 50, &r) != 0 && strstr(r.error, "no_such_entry not found") && strstr(r.error, "not touched") && r.threads_seen == 0, "missing entry refused before attaching: %s", r.error);
   left_running(&t, "after missing entry");
   CHECK(inject(t.pid, "libprobe.so", "probe_crash", "", 50, &r) != 0 && strstr(r.error, "SIGSEGV"), "crashing entry: %s", r.error);
   left_running(&t, "after crashing entry");

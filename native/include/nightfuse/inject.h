@@ -31,6 +31,8 @@ typedef struct {
   double stopped_us;          /* world stopped: first interrupt -> last detach */
   double total_us;            /* the whole call */
   double dlopen_us;           /* the remote dlopen alone */
+  double attach_us;           /* seizing and stopping every thread (final round) */
+  double entry_us;            /* the remote entry call alone */
   uint64_t handle;            /* dlopen handle in the target */
   char error[NF_INJECT_ERROR_LEN];
 } nf_inject_report;
