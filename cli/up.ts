@@ -8,7 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
 import { FlagError, parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
-import { EXAMPLE_CONFIG } from '../common/paths.js';
+import { randomBytes } from 'node:crypto';
+import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
 
@@ -18,6 +19,8 @@ const UP_FLAGS = {
   listen_addr: { type: 'string', default: '127.0.0.1', help: 'address of every listener (the demo stays on loopback)' },
   func_config_file: { type: 'string', default: EXAMPLE_CONFIG, help: 'func_config.json (default: the bundled examples)' },
   control_port: { type: 'int', default: 10008, help: 'control plane port (-1: off)', min: -1, max: 65535 },
+  merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
+  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN, else a random one, printed)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
@@ -54,6 +57,10 @@ export async function runUp(argv: string[]): Promise<void> {
   const { values: f, given } = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS] });
   // Validate the config here so a mistake is reported once, clearly.
   const config = loadFuncConfig(f.func_config_file);
+  if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
+  if (!f.admin_token) f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN || randomBytes(12).toString('hex');
+  given.add('merge_policy_file');
+  given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
   const pass = (keys: Set<string>, extra: Record<string, string | number | boolean>) => {
     const out: string[] = [];
@@ -110,6 +117,12 @@ export async function runUp(argv: string[]): Promise<void> {
           'Try it:',
           plain ? `  curl -X POST -d Hello http://${gwHost}:${httpPort}/function/${plain.funcName}` : '',
           `  curl http://${gwHost}:${httpPort}/metrics | grep nightfuse_edge`,
+          '',
+          `Watch Bar get merged into Foo's workers once Foo is hot (policy: ${f.merge_policy_file || 'built-in defaults'}):`,
+          `  export NIGHTFUSE_GATEWAY=http://${gwHost}:${httpPort} NIGHTFUSE_ADMIN_TOKEN=${f.admin_token}`,
+          `  for i in $(seq 3000); do curl -s -X POST -d Hi $NIGHTFUSE_GATEWAY/function/Foo > /dev/null; done &`,
+          '  npx nightfuse merges        # Foo <- Bar appears after a few seconds of load',
+          '  npx nightfuse edges         # localCalls grow: the calls no longer cross IPC',
           'Stop with Ctrl-C.',
           '',
         ].filter((l) => l !== '').join('\n') + '\n',

@@ -10,6 +10,7 @@ import { createGrpcFrontend } from './grpc-frontend.js';
 import { createHttpFrontend } from './http-frontend.js';
 import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
+import { AdminApi, PolicyStore } from './admin.js';
 
 export const GATEWAY_FLAGS = {
   listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
@@ -24,6 +25,8 @@ export const GATEWAY_FLAGS = {
   control_port: { type: 'int', default: 10008, help: 'Nightfuse control plane (gRPC) for launchers; -1: off', min: -1, max: 65535 },
   max_body_bytes: { type: 'int', default: 32 << 20, help: 'request body limit (413 / RESOURCE_EXHAUSTED); 0: up to 2 GiB', min: 0 },
   call_timeout_ms: { type: 'int', default: 60000, help: 'per-call timeout (504 / DEADLINE_EXCEEDED); 0: none', min: 0 },
+  merge_policy_file: { type: 'string', default: '', help: 'merge policy (JSON or YAML) pushed to every launcher; reloaded on SIGHUP and on change' },
+  admin_token: { type: 'string', default: '', help: 'token for the admin API under /admin/v1 (or NIGHTFUSE_ADMIN_TOKEN); without one the API is refused' },
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
@@ -49,6 +52,8 @@ export interface GatewayOptions {
   maxBodyBytes: number;
   callTimeoutMs: number;
   log: Logger;
+  mergePolicyFile?: string;
+  adminToken?: string;
 }
 
 export interface RunningGateway {
@@ -58,6 +63,8 @@ export interface RunningGateway {
   control: ControlServer | undefined;
   metrics: GatewayMetrics;
   http: http.Server;
+  policy: PolicyStore;
+  admin: AdminApi;
   /** admin routes etc. can be installed after start */
   setExtraRoutes(f: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean): void;
   stop(): Promise<void>;
@@ -93,6 +100,7 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     nodes: () => engines.nodes.size,
   });
   let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
+  // eslint-disable-next-line prefer-const
   const httpServer = createHttpFrontend({
     config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
     extraRoutes: (req, res, path) => extra?.(req, res, path) ?? false,
@@ -100,21 +108,28 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody });
   let control: ControlServer | undefined;
   let controlPort = -1;
+  const pushPolicy = () => control?.broadcast({ policy: { policy_json: policy.policy.text } });
+  const policy = new PolicyStore(o.log, pushPolicy, o.mergePolicyFile ?? '');
+  policy.init(); // an invalid policy file refuses the start, with errors naming the field and rule
   if (o.controlPort >= 0) {
     control = new ControlServer(o.log);
     controlPort = await control.listen(o.listenAddr, o.controlPort);
-    metrics.cluster = { nodeStats: () => control!.nodeStats() };
+    control.onAttach = (n) => n.stream.write({ command_id: 0, policy: { policy_json: policy.policy.text } });
   }
+  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log });
+  metrics.cluster = { nodeStats: () => control?.nodeStats() ?? new Map(), extra: () => admin.metricFamilies() };
+  extra = admin.handle;
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
   const grpcPort = await listen(grpcServer, o.listenAddr, o.grpcPort);
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
-    engines, dispatcher, control, metrics, http: httpServer,
+    engines, dispatcher, control, metrics, http: httpServer, policy, admin,
     setExtraRoutes(f) {
       extra = f;
     },
     async stop() {
+      policy.close();
       dispatcher.failAll();
       httpServer.closeAllConnections?.();
       await Promise.all([
@@ -141,6 +156,11 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
     config, listenAddr: f.listen_addr, httpPort: f.http_port, grpcPort: f.grpc_port, engineConnPort: f.engine_conn_port,
     controlPort: f.control_port, maxRunningRequests: f.max_running_requests, lbPerFnRoundRobin: f.lb_per_fn_round_robin,
     lbPickLeastLoad: f.lb_pick_least_load, maxBodyBytes: f.max_body_bytes, callTimeoutMs: f.call_timeout_ms, log,
+    mergePolicyFile: f.merge_policy_file || undefined, adminToken: f.admin_token || process.env.NIGHTFUSE_ADMIN_TOKEN || '',
+  });
+  process.on('SIGHUP', () => {
+    const r = gw.policy.reloadFile('SIGHUP');
+    if (!r.ok) log.error({ errors: r.errors }, 'policy reload on SIGHUP refused');
   });
   const a = f.listen_addr;
   process.stdout.write(

@@ -9,6 +9,11 @@ import { GatewayLink } from './gateway-link.js';
 import { hostnameNodeId } from './ipc-files.js';
 import { NodeAgent } from './node-agent.js';
 import { ControlClient } from './control-client.js';
+import { MergeControl } from './merge-control.js';
+import { MergeOrchestrator, type MergeEvent } from './merge-orchestrator.js';
+import { DEFAULT_POLICY, loadPolicy, parsePolicy } from '../common/policy.js';
+import type { GatewayCommand, NodeReport } from '../proto/control.js';
+import type { Isolation } from '../proto/merge-wire.js';
 
 export const LAUNCHER_FLAGS = {
   gateway_addr: { type: 'string', default: '127.0.0.1', help: 'gateway host (engine flag)' },
@@ -24,6 +29,9 @@ export const LAUNCHER_FLAGS = {
   engine_tcp_port: { type: 'int', default: -1, help: 'Nightcore engine over TCP: not supported (must stay -1)' },
   func_worker_use_engine_socket: { type: 'bool', default: false, help: 'not supported (must stay false)' },
   use_fifo_for_nested_call: { type: 'bool', default: false, help: 'not supported (must stay false)' },
+  merging: { type: 'bool', default: true, help: 'run-time merging (the policy comes from the gateway, or --merge_policy_file)' },
+  merge_policy_file: { type: 'string', default: '', help: 'merge policy to use until (or without) the gateway pushing one' },
+  merge_tick_ms: { type: 'int', default: 1000, help: 'how often the merge decision loop runs', min: 50 },
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
@@ -70,8 +78,50 @@ export async function runLauncher(argv: string[]): Promise<void> {
     }
   };
   await agent.start();
-  const control = f.control_port > 0
-    ? new ControlClient({ host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log })
+  let control: ControlClient | undefined;
+  const merge = new MergeControl({
+    agent, log, onFault: (sess, fault) => orchestrator.onFault(sess.worker.pool.entry.funcName, fault.callee, fault.signal),
+  });
+  const sendEvent = (e: MergeEvent) => control?.send({
+    merge_event: { at_ms: e.atMs, kind: e.kind, caller: e.caller, callee: e.callee, isolation: e.isolation, reason: e.reason, detail_json: JSON.stringify(e.detail) },
+  });
+  const orchestrator = new MergeOrchestrator(agent, merge, log, sendEvent);
+  orchestrator.enabled = f.merging;
+  if (f.merge_policy_file) orchestrator.setPolicy(loadPolicy(f.merge_policy_file));
+  let policyError = '';
+  const onCommand = (cmd: GatewayCommand, reply: (r: NodeReport) => void) => {
+    const done = (ok: boolean, error = '', detail: unknown = {}) => {
+      if (cmd.command_id) reply({ command_result: { command_id: cmd.command_id, ok, error, detail_json: JSON.stringify(detail) } });
+    };
+    if (cmd.policy) {
+      try {
+        orchestrator.setPolicy(cmd.policy.policy_json ? parsePolicy(cmd.policy.policy_json, 'from the gateway') : DEFAULT_POLICY);
+        policyError = '';
+        done(true);
+      } catch (err) {
+        policyError = (err as Error).message;
+        log.error({ err: policyError }, 'refused a policy from the gateway; keeping the current one');
+        done(false, policyError);
+      }
+    } else if (cmd.merge) {
+      const { caller, callee, isolation } = cmd.merge;
+      orchestrator.mergeByHand(caller, callee, (isolation || undefined) as Isolation | undefined).then(
+        (p) => done(true, '', { workers: [...p.workers.entries()].map(([id, x]) => ({ worker: id, ...x })), isolation: p.isolation }),
+        (err: Error) => done(false, err.message),
+      );
+    } else if (cmd.unmerge) {
+      orchestrator.unmergeByHand(cmd.unmerge.caller, cmd.unmerge.callee).then(() => done(true), (err: Error) => done(false, err.message));
+    }
+  };
+  if (f.merging) {
+    await merge.start();
+    orchestrator.start(f.merge_tick_ms);
+  }
+  control = f.control_port > 0
+    ? new ControlClient({
+      host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log, onCommand,
+      extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError }),
+    })
     : undefined;
   await agent.whenReady();
   link.start();
@@ -85,7 +135,9 @@ export async function runLauncher(argv: string[]): Promise<void> {
     stopping = true;
     log.info({ signal: sig }, 'stopping');
     control?.stop();
+    orchestrator.stop();
     link.stop();
+    await merge.stop();
     await agent.stop();
     process.exit(0);
   };

@@ -93,6 +93,8 @@ export interface FunctionCounters {
   failures: number;
   restarts: number;
   spawned: number;
+  /** sum of the workers' reported processing time of completed calls (µs) */
+  processingUs: number;
 }
 
 export class FunctionPool {
@@ -100,7 +102,7 @@ export class FunctionPool {
   readonly idle: Worker[] = [];
   readonly pending: Call[] = [];
   private pendingHead = 0;
-  readonly counters: FunctionCounters = { calls: 0, failures: 0, restarts: 0, spawned: 0 };
+  readonly counters: FunctionCounters = { calls: 0, failures: 0, restarts: 0, spawned: 0, processingUs: 0 };
   nextFprocessId = 0;
   crashStreak = 0;
   respawnTimer: NodeJS.Timeout | undefined;
@@ -550,6 +552,7 @@ export class NodeAgent {
     const pool = this.pools.get(call.funcId);
     const failed = ipc.type(f) !== MessageType.FUNC_CALL_COMPLETE;
     if (failed && pool) pool.counters.failures++;
+    if (!failed && pool) pool.counters.processingUs += Math.max(0, ipc.processingTime(f));
     const size = failed ? 0 : ipc.payloadSize(f);
     if (call.source.kind === 'gateway') {
       this.external.delete(call.id);

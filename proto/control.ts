@@ -29,7 +29,10 @@ export interface EdgeStatsMsg {
 export interface MergeStateMsg {
   caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string;
 }
-export interface Stats { at_ms: number; functions: FunctionStats[]; edges: EdgeStatsMsg[]; merges: MergeStateMsg[] }
+export interface Stats {
+  at_ms: number; functions: FunctionStats[]; edges: EdgeStatsMsg[]; merges: MergeStateMsg[];
+  decisions?: Record<string, number>; policy_error?: string;
+}
 export interface MergeEventMsg {
   at_ms: number; kind: string; caller: string; callee: string; isolation: string; reason: string; detail_json: string;
 }

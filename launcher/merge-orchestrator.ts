@@ -1,0 +1,343 @@
+/**
+ * Run-time merging on one node: a decision loop over the edge statistics, and
+ * the merges and unmerges it (or an operator) decides, applied to every worker
+ * of the caller, one at a time, including workers started later.
+ *
+ * Per tick (default 1 s): fold the merge runtimes' local-call counters into the
+ * edge statistics; for each edge compute its call rate and the share of the
+ * caller's processing time spent waiting on this edge's IPC; merge an edge the
+ * policy allows once it has been hot for `sustainSec`; unmerge a merged edge
+ * that stayed below `unmergeBelowCallsPerSec` for `sustainSec`, whose callee
+ * library changed, that the policy now forbids, or whose callee faulted.
+ * After an unmerge the pair is held back for `cooldownSec`.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import type { Logger } from '../common/log.js';
+import { DEFAULT_POLICY, type PairSettings, type Policy } from '../common/policy.js';
+import type { Isolation } from '../proto/merge-wire.js';
+import type { MergeControl } from './merge-control.js';
+import type { NodeAgent, Worker } from './node-agent.js';
+
+export type PairStateName = 'merging' | 'merged' | 'unmerging';
+
+export interface PairState {
+  caller: string;
+  callee: string;
+  state: PairStateName;
+  isolation: Isolation;
+  instances: number;
+  library: string;
+  libHash: string;
+  since: number;
+  manual: boolean;
+  reason: string;
+  /** per caller worker (client id): merged, or the error */
+  workers: Map<number, { ok: boolean; error?: string; ms: number }>;
+  /** decision -> route in force, per worker (ms) */
+  applyMs: number[];
+  coldSince?: number;
+}
+
+export interface MergeEvent {
+  atMs: number;
+  kind: 'merged' | 'unmerged' | 'failed' | 'fault' | 'held_back' | 'decision';
+  caller: string;
+  callee: string;
+  isolation: string;
+  reason: string;
+  detail: Record<string, unknown>;
+}
+
+interface EdgeWindow {
+  calls: number;
+  rpcUs: number;
+  callerProcUs: number;
+  at: number;
+  hotSince?: number;
+  rate: number;
+  share: number;
+}
+
+const key = (caller: string, callee: string) => `${caller}\u0000${callee}`;
+
+export class MergeOrchestrator {
+  policy: Policy = DEFAULT_POLICY;
+  readonly pairs = new Map<string, PairState>();
+  private readonly heldUntil = new Map<string, number>();
+  private readonly windows = new Map<string, EdgeWindow>();
+  private readonly libHashes = new Map<string, { mtimeMs: number; size: number; hash: string }>();
+  readonly decisions = { merge: 0, unmerge: 0, failed: 0, fault: 0 };
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+  enabled = true;
+
+  constructor(
+    private readonly agent: NodeAgent,
+    private readonly control: MergeControl,
+    private readonly log: Logger,
+    private readonly onEvent: (e: MergeEvent) => void = () => {},
+  ) {}
+
+  start(tickMs = 1000): void {
+    this.timer = setInterval(() => void this.tick(), tickMs);
+    this.agent.onWorkerReady = (w) => void this.onWorkerReady(w);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  setPolicy(p: Policy): void {
+    this.policy = p;
+    this.log.info({ rules: p.doc.rules?.length ?? 0, defaults: p.settings }, 'merge policy in force');
+    void this.tick();
+  }
+
+  private event(kind: MergeEvent['kind'], p: { caller: string; callee: string; isolation?: string }, reason: string, detail: Record<string, unknown> = {}): void {
+    const e: MergeEvent = { atMs: Date.now(), kind, caller: p.caller, callee: p.callee, isolation: p.isolation ?? '', reason, detail };
+    this.onEvent(e);
+  }
+
+  libraryHash(path: string): string {
+    const st = statSync(path);
+    const c = this.libHashes.get(path);
+    if (c && c.mtimeMs === st.mtimeMs && c.size === st.size) return c.hash;
+    const hash = createHash('sha256').update(readFileSync(path)).digest('hex');
+    this.libHashes.set(path, { mtimeMs: st.mtimeMs, size: st.size, hash });
+    return hash;
+  }
+
+  private fn(name: string) {
+    return this.agent.config.byName.get(name);
+  }
+
+  private callerWorkers(caller: string): Worker[] {
+    return this.agent.workersOf(caller).filter((w) => w.state === 'idle' || w.state === 'busy');
+  }
+
+  /** Why a pair may not be merged now, or undefined. */
+  private refusal(caller: string, callee: string, settings: PairSettings, sameGroup: boolean, manual: boolean): string | undefined {
+    const a = this.fn(caller);
+    const b = this.fn(callee);
+    if (!a || !b) return `unknown function ${!a ? caller : callee}`;
+    if (caller === callee) return 'a function cannot be merged into itself';
+    if (!a.library) return `${caller} has no library (only nightfuse-worker hosts can be merged into)`;
+    if (!b.library) return `${callee} has no library to load`;
+    if (!sameGroup) return `different trust groups (${this.policy.trustGroup(caller)} / ${this.policy.trustGroup(callee)})`;
+    if (settings.mode === 'never') return 'policy says never';
+    const held = this.heldUntil.get(key(caller, callee));
+    if (!manual && held && held > Date.now()) return `held back for ${Math.ceil((held - Date.now()) / 1000)} s more`;
+    const mine = [...this.pairs.values()].filter((p) => p.caller === caller);
+    if (mine.length >= this.policy.limits.maxCalleesPerWorker) return `limit of ${this.policy.limits.maxCalleesPerWorker} merged callees per worker reached`;
+    const memMiB = (p: { library: string; instances: number }) => (statSync(p.library).size + p.instances * 256 * 1024) / (1 << 20);
+    const extra = mine.reduce((s, p) => s + memMiB(p), 0) + memMiB({ library: b.library, instances: settings.instances });
+    if (extra > this.policy.limits.maxExtraMemoryMiB) return `estimated extra memory ${extra.toFixed(1)} MiB over the limit of ${this.policy.limits.maxExtraMemoryMiB} MiB`;
+    return undefined;
+  }
+
+  /** Merge by hand (admin API); resolves once in force in every worker of the caller. */
+  async mergeByHand(caller: string, callee: string, isolation?: Isolation): Promise<PairState> {
+    const { settings, sameGroup } = this.policy.forPair(caller, callee);
+    const why = this.refusal(caller, callee, settings, sameGroup, true);
+    if (why) throw new Error(`cannot merge ${callee} into ${caller}: ${why}`);
+    const existing = this.pairs.get(key(caller, callee));
+    if (existing) {
+      if (existing.state === 'merged' && (!isolation || isolation === existing.isolation)) return existing;
+      await this.unmerge(caller, callee, 'replaced by a manual merge', false);
+    }
+    return this.merge(caller, callee, { ...settings, isolation: isolation ?? settings.isolation }, 'manual merge', true);
+  }
+
+  async unmergeByHand(caller: string, callee: string): Promise<void> {
+    if (!this.pairs.has(key(caller, callee))) throw new Error(`${callee} is not merged into ${caller}`);
+    await this.unmerge(caller, callee, 'manual unmerge', true);
+  }
+
+  private async merge(caller: string, callee: string, s: PairSettings, reason: string, manual: boolean, detail: Record<string, unknown> = {}): Promise<PairState> {
+    const library = this.fn(callee)!.library!;
+    const p: PairState = {
+      caller, callee, state: 'merging', isolation: s.isolation, instances: s.instances, library, libHash: this.libraryHash(library),
+      since: Date.now(), manual, reason, workers: new Map(), applyMs: [],
+    };
+    this.pairs.set(key(caller, callee), p);
+    this.decisions.merge++;
+    this.log.info({ decision: 'merge', caller, callee, isolation: s.isolation, reason, ...detail }, `merging ${callee} into ${caller}`);
+    this.event('decision', p, reason, { action: 'merge', ...detail });
+    for (const w of this.callerWorkers(caller)) await this.applyTo(p, w);
+    const ok = [...p.workers.values()].filter((x) => x.ok).length;
+    if (ok === 0) {
+      this.decisions.failed++;
+      const errors = [...p.workers.values()].map((x) => x.error).filter(Boolean);
+      this.pairs.delete(key(caller, callee));
+      this.holdBack(p, 'merge failed');
+      this.event('failed', p, errors[0] ?? 'no worker to merge into', { errors });
+      throw new Error(`merging ${callee} into ${caller} failed: ${errors[0] ?? 'no running worker'}`);
+    }
+    p.state = 'merged';
+    this.event('merged', p, reason, { workers: ok, applyMs: p.applyMs });
+    return p;
+  }
+
+  private async applyTo(p: PairState, w: Worker): Promise<void> {
+    const t0 = performance.now();
+    try {
+      const s = await this.control.attach(w);
+      await s.load(p.callee, p.library, p.isolation, p.instances);
+      await s.route(p.callee, true);
+      const ms = performance.now() - t0;
+      p.workers.set(w.clientId, { ok: true, ms });
+      p.applyMs.push(ms);
+    } catch (err) {
+      p.workers.set(w.clientId, { ok: false, error: (err as Error).message, ms: performance.now() - t0 });
+      this.log.error({ caller: p.caller, callee: p.callee, worker: w.clientId, err: (err as Error).message }, 'merge into a worker failed');
+    }
+  }
+
+  private async onWorkerReady(w: Worker): Promise<void> {
+    for (const p of this.pairs.values()) {
+      if (p.caller !== w.pool.entry.funcName || p.state !== 'merged') continue;
+      await this.applyTo(p, w);
+      this.log.info({ caller: p.caller, callee: p.callee, worker: w.clientId }, 'merge applied to a new worker');
+    }
+  }
+
+  private holdBack(p: { caller: string; callee: string }, why: string): void {
+    const { settings } = this.policy.forPair(p.caller, p.callee);
+    this.heldUntil.set(key(p.caller, p.callee), Date.now() + settings.cooldownSec * 1000);
+    this.event('held_back', p, why, { seconds: settings.cooldownSec });
+  }
+
+  async unmerge(caller: string, callee: string, reason: string, holdBack = true): Promise<void> {
+    const p = this.pairs.get(key(caller, callee));
+    if (!p || p.state === 'unmerging') return;
+    p.state = 'unmerging';
+    this.decisions.unmerge++;
+    this.log.info({ decision: 'unmerge', caller, callee, reason }, `unmerging ${callee} from ${caller}`);
+    for (const clientId of p.workers.keys()) {
+      const s = this.control.sessions.get(clientId);
+      if (!s || s.closed) continue;
+      try {
+        await s.route(callee, false);
+        await s.unload(callee);
+      } catch (err) {
+        this.log.warn({ caller, callee, worker: clientId, err: (err as Error).message }, 'unmerge in a worker failed (its route is off)');
+      }
+    }
+    this.pairs.delete(key(caller, callee));
+    this.event('unmerged', p, reason);
+    if (holdBack) this.holdBack(p, reason);
+  }
+
+  onFault(workerFunc: string, callee: string, signal: number): void {
+    this.decisions.fault++;
+    const p = { caller: workerFunc, callee };
+    this.event('fault', p, `callee raised signal ${signal}`, { signal });
+    void this.unmerge(workerFunc, callee, `callee faulted (signal ${signal})`, true);
+  }
+
+  /** One decision round. */
+  async tick(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      await this.control.collect();
+      const now = Date.now();
+      const procUs = new Map([...this.agent.pools.values()].map((p) => [p.entry.funcName, p.counters.processingUs]));
+      for (const e of this.agent.edges.snapshot(now)) {
+        const k = key(e.caller, e.callee);
+        const prev = this.windows.get(k);
+        const w: EdgeWindow = { calls: e.calls, rpcUs: e.rpcUs, callerProcUs: procUs.get(e.caller) ?? 0, at: now, rate: 0, share: 0, hotSince: prev?.hotSince };
+        if (prev) {
+          const dt = (now - prev.at) / 1000;
+          w.rate = dt > 0 ? (e.calls - prev.calls) / dt : 0;
+          const dProc = w.callerProcUs - prev.callerProcUs;
+          w.share = dProc > 0 ? Math.min(1, (e.rpcUs - prev.rpcUs) / dProc) : 0;
+        }
+        this.windows.set(k, w);
+        await this.decide(e.caller, e.callee, w, e, now);
+      }
+      await this.checkMerged(now);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'merge decision round failed');
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async decide(caller: string, callee: string, w: EdgeWindow, e: { calls: number; rpcUs: number; processingUs: number; localCalls: number }, now: number): Promise<void> {
+    if (!this.enabled) return;
+    const merged = this.pairs.get(key(caller, callee));
+    const { settings, source, sameGroup } = this.policy.forPair(caller, callee);
+    if (merged) {
+      if (merged.state !== 'merged') return;
+      if (!sameGroup || settings.mode === 'never') return void (await this.unmerge(caller, callee, `policy (${source}): ${!sameGroup ? 'different trust groups' : 'never'}`));
+      if (settings.mode !== 'auto' || merged.manual) return;
+      if (w.rate < settings.unmergeBelowCallsPerSec) {
+        merged.coldSince ??= now;
+        if (now - merged.coldSince >= settings.sustainSec * 1000) {
+          await this.unmerge(caller, callee, `cooled down: ${w.rate.toFixed(1)} calls/s < ${settings.unmergeBelowCallsPerSec} for ${settings.sustainSec} s`);
+        }
+      } else merged.coldSince = undefined;
+      return;
+    }
+    if (settings.mode === 'never' || !sameGroup) return;
+    const ipcCalls = e.calls - e.localCalls;
+    const avgRpc = ipcCalls > 0 ? e.rpcUs / ipcCalls : 0;
+    const avgProc = ipcCalls > 0 ? e.processingUs / ipcCalls : 0;
+    const benefitUsPerSec = w.rate * Math.max(0, avgRpc - avgProc);
+    const hot = settings.mode === 'always' || (w.rate >= settings.minCallsPerSec && w.share >= settings.minIpcShare);
+    if (!hot) {
+      w.hotSince = undefined;
+      return;
+    }
+    w.hotSince ??= now;
+    if (settings.mode === 'auto' && now - w.hotSince < settings.sustainSec * 1000) return;
+    const why = this.refusal(caller, callee, settings, sameGroup, false);
+    if (why) return;
+    const detail = {
+      policy: source, callsPerSec: Number(w.rate.toFixed(1)), ipcShare: Number(w.share.toFixed(3)),
+      avgRpcUs: Number(avgRpc.toFixed(1)), avgCalleeUs: Number(avgProc.toFixed(1)), benefitUsPerSec: Math.round(benefitUsPerSec),
+    };
+    const reason = settings.mode === 'always' ? `policy (${source}) says always` : `hot for ${settings.sustainSec} s: ${detail.callsPerSec} calls/s, ${(w.share * 100).toFixed(0)}% of ${caller}'s time in IPC to ${callee}, saves ~${detail.benefitUsPerSec} µs/s`;
+    try {
+      await this.merge(caller, callee, settings, reason, false, detail);
+    } catch (err) {
+      this.log.warn({ caller, callee, err: (err as Error).message }, 'automatic merge failed');
+    }
+  }
+
+  /** Library changes and policy changes for merged pairs; also pairs with no edge traffic at all. */
+  private async checkMerged(now: number): Promise<void> {
+    for (const p of [...this.pairs.values()]) {
+      if (p.state !== 'merged') continue;
+      let hash = '';
+      try {
+        hash = this.libraryHash(p.library);
+      } catch {
+        hash = 'missing';
+      }
+      if (hash !== p.libHash) {
+        await this.unmerge(p.caller, p.callee, `callee library ${p.library} changed (content hash)`);
+        continue;
+      }
+      const { settings, sameGroup } = this.policy.forPair(p.caller, p.callee);
+      if (!sameGroup || settings.mode === 'never') {
+        await this.unmerge(p.caller, p.callee, 'policy no longer allows it');
+        continue;
+      }
+      if (!this.windows.has(key(p.caller, p.callee)) && !p.manual && settings.mode === 'auto') {
+        p.coldSince ??= now;
+        if (now - p.coldSince >= settings.sustainSec * 1000) await this.unmerge(p.caller, p.callee, 'no calls');
+      }
+    }
+  }
+
+  mergeStates(): { caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string }[] {
+    return [...this.pairs.values()].map((p) => ({
+      caller: p.caller, callee: p.callee, isolation: p.isolation,
+      workers_merged: [...p.workers.values()].filter((x) => x.ok).length,
+      workers_total: this.callerWorkers(p.caller).length, since_ms: p.since, state: p.state,
+    }));
+  }
+}
