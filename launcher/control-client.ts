@@ -36,6 +36,11 @@ export class ControlClient {
     this.attach();
   }
 
+  /** Sends fresh stats now (before answering a command, so the gateway's view is current). */
+  sendStats(): void {
+    this.call?.write({ stats: this.stats() });
+  }
+
   /** Sends a report now if attached (merge events); dropped otherwise. */
   send(r: NodeReport): void {
     this.call?.write(r);

@@ -91,6 +91,7 @@ export async function runLauncher(argv: string[]): Promise<void> {
   let policyError = '';
   const onCommand = (cmd: GatewayCommand, reply: (r: NodeReport) => void) => {
     const done = (ok: boolean, error = '', detail: unknown = {}) => {
+      control?.sendStats();
       if (cmd.command_id) reply({ command_result: { command_id: cmd.command_id, ok, error, detail_json: JSON.stringify(detail) } });
     };
     if (cmd.policy) {

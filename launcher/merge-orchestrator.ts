@@ -70,6 +70,8 @@ export class MergeOrchestrator {
   readonly decisions = { merge: 0, unmerge: 0, failed: 0, fault: 0 };
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
+  /** merges and unmerges run one at a time, whoever asked */
+  private ops: Promise<unknown> = Promise.resolve();
   enabled = true;
 
   constructor(
@@ -81,7 +83,16 @@ export class MergeOrchestrator {
 
   start(tickMs = 1000): void {
     this.timer = setInterval(() => void this.tick(), tickMs);
-    this.agent.onWorkerReady = (w) => void this.onWorkerReady(w);
+    this.agent.onWorkerReady = (w) => void this.serial(() => this.onWorkerReady(w));
+    this.agent.onWorkerExit = (w) => {
+      for (const p of this.pairs.values()) p.workers.delete(w.clientId);
+    };
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.ops.then(fn, fn);
+    this.ops = run.catch(() => undefined);
+    return run;
   }
 
   stop(): void {
@@ -137,21 +148,27 @@ export class MergeOrchestrator {
   }
 
   /** Merge by hand (admin API); resolves once in force in every worker of the caller. */
-  async mergeByHand(caller: string, callee: string, isolation?: Isolation): Promise<PairState> {
+  mergeByHand(caller: string, callee: string, isolation?: Isolation): Promise<PairState> {
+    return this.serial(() => this.mergeByHandNow(caller, callee, isolation));
+  }
+
+  private async mergeByHandNow(caller: string, callee: string, isolation?: Isolation): Promise<PairState> {
     const { settings, sameGroup } = this.policy.forPair(caller, callee);
     const why = this.refusal(caller, callee, settings, sameGroup, true);
     if (why) throw new Error(`cannot merge ${callee} into ${caller}: ${why}`);
     const existing = this.pairs.get(key(caller, callee));
     if (existing) {
       if (existing.state === 'merged' && (!isolation || isolation === existing.isolation)) return existing;
-      await this.unmerge(caller, callee, 'replaced by a manual merge', false);
+      await this.unmergeNow(caller, callee, 'replaced by a manual merge', false);
     }
     return this.merge(caller, callee, { ...settings, isolation: isolation ?? settings.isolation }, 'manual merge', true);
   }
 
-  async unmergeByHand(caller: string, callee: string): Promise<void> {
-    if (!this.pairs.has(key(caller, callee))) throw new Error(`${callee} is not merged into ${caller}`);
-    await this.unmerge(caller, callee, 'manual unmerge', true);
+  unmergeByHand(caller: string, callee: string): Promise<void> {
+    return this.serial(async () => {
+      if (!this.pairs.has(key(caller, callee))) throw new Error(`${callee} is not merged into ${caller}`);
+      await this.unmergeNow(caller, callee, 'manual unmerge', true);
+    });
   }
 
   private async merge(caller: string, callee: string, s: PairSettings, reason: string, manual: boolean, detail: Record<string, unknown> = {}): Promise<PairState> {
@@ -164,7 +181,8 @@ export class MergeOrchestrator {
     this.decisions.merge++;
     this.log.info({ decision: 'merge', caller, callee, isolation: s.isolation, reason, ...detail }, `merging ${callee} into ${caller}`);
     this.event('decision', p, reason, { action: 'merge', ...detail });
-    for (const w of this.callerWorkers(caller)) await this.applyTo(p, w);
+    // Every live worker, including ones that became ready meanwhile.
+    for (let w = this.nextUnapplied(p); w; w = this.nextUnapplied(p)) await this.applyTo(p, w);
     const ok = [...p.workers.values()].filter((x) => x.ok).length;
     if (ok === 0) {
       this.decisions.failed++;
@@ -177,6 +195,10 @@ export class MergeOrchestrator {
     p.state = 'merged';
     this.event('merged', p, reason, { workers: ok, applyMs: p.applyMs });
     return p;
+  }
+
+  private nextUnapplied(p: PairState): Worker | undefined {
+    return this.callerWorkers(p.caller).find((w) => !p.workers.has(w.clientId));
   }
 
   private async applyTo(p: PairState, w: Worker): Promise<void> {
@@ -196,7 +218,8 @@ export class MergeOrchestrator {
 
   private async onWorkerReady(w: Worker): Promise<void> {
     for (const p of this.pairs.values()) {
-      if (p.caller !== w.pool.entry.funcName || p.state !== 'merged') continue;
+      if (p.caller !== w.pool.entry.funcName || p.state !== 'merged' || p.workers.has(w.clientId)) continue;
+      if (w.state !== 'idle' && w.state !== 'busy') continue;
       await this.applyTo(p, w);
       this.log.info({ caller: p.caller, callee: p.callee, worker: w.clientId }, 'merge applied to a new worker');
     }
@@ -208,7 +231,11 @@ export class MergeOrchestrator {
     this.event('held_back', p, why, { seconds: settings.cooldownSec });
   }
 
-  async unmerge(caller: string, callee: string, reason: string, holdBack = true): Promise<void> {
+  unmerge(caller: string, callee: string, reason: string, holdBack = true): Promise<void> {
+    return this.serial(() => this.unmergeNow(caller, callee, reason, holdBack));
+  }
+
+  private async unmergeNow(caller: string, callee: string, reason: string, holdBack = true): Promise<void> {
     const p = this.pairs.get(key(caller, callee));
     if (!p || p.state === 'unmerging') return;
     p.state = 'unmerging';
@@ -301,7 +328,7 @@ export class MergeOrchestrator {
     };
     const reason = settings.mode === 'always' ? `policy (${source}) says always` : `hot for ${settings.sustainSec} s: ${detail.callsPerSec} calls/s, ${(w.share * 100).toFixed(0)}% of ${caller}'s time in IPC to ${callee}, saves ~${detail.benefitUsPerSec} µs/s`;
     try {
-      await this.merge(caller, callee, settings, reason, false, detail);
+      await this.serial(() => (this.pairs.has(key(caller, callee)) ? Promise.resolve(undefined) : this.merge(caller, callee, settings, reason, false, detail)));
     } catch (err) {
       this.log.warn({ caller, callee, err: (err as Error).message }, 'automatic merge failed');
     }

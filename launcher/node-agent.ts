@@ -393,7 +393,9 @@ export class NodeAgent {
   /** Keeps minWorkers alive and starts workers for queued calls, with backoff on crash loops. */
   private ensureCapacity(pool: FunctionPool): void {
     if (this.stopping || !pool.runnable || pool.respawnTimer) return;
-    const want = Math.min(pool.maxWorkers, Math.max(pool.minWorkers, pool.live + Math.max(0, pool.queued - pool.starting)));
+    // A held worker (injection in progress, ~1 ms) is capacity about to return: do not start one for it.
+    const held = [...pool.workers.values()].filter((w) => w.held).length;
+    const want = Math.min(pool.maxWorkers, Math.max(pool.minWorkers, pool.live + Math.max(0, pool.queued - pool.starting - held)));
     const missing = want - pool.live;
     if (missing <= 0) return;
     if (pool.crashStreak > 2) {
