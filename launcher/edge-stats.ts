@@ -35,6 +35,8 @@ export interface EdgeRecord {
   lastAtMs: number;
   /** calls served locally by a merged callee (reported by the merge runtime) */
   localCalls: number;
+  /** their processing time (µs), also included in processingUs */
+  localProcessingUs: number;
 }
 
 const RATE_TAU_MS = 5000;
@@ -48,7 +50,7 @@ export class EdgeStats {
     if (!e) {
       e = {
         caller, callee, calls: 0, failures: 0, inputBytes: 0, outputBytes: 0, dispatchDelayUs: 0,
-        processingUs: 0, rpcUs: 0, queueUs: 0, ratePerSec: 0, lastAtMs: Date.now(), localCalls: 0,
+        processingUs: 0, rpcUs: 0, queueUs: 0, ratePerSec: 0, lastAtMs: Date.now(), localCalls: 0, localProcessingUs: 0,
       };
       this.edges.set(key, e);
     }
@@ -82,7 +84,15 @@ export class EdgeStats {
     e.localCalls += calls;
     e.failures += failures;
     e.processingUs += processingUs;
+    e.localProcessingUs += processingUs;
     this.bumpRate(e, calls, nowMs);
+  }
+
+  /** Time spent in `fn` while it ran merged inside its callers (µs). */
+  localProcessingOf(fn: string): number {
+    let us = 0;
+    for (const e of this.edges.values()) if (e.callee === fn) us += e.localProcessingUs;
+    return us;
   }
 
   /** Snapshot with rates decayed to now. */

@@ -79,13 +79,14 @@ export async function runLauncher(argv: string[]): Promise<void> {
   };
   await agent.start();
   let control: ControlClient | undefined;
-  const merge = new MergeControl({
-    agent, log, onFault: (sess, fault) => orchestrator.onFault(sess.worker.pool.entry.funcName, fault.callee, fault.signal),
+  const merge: MergeControl = new MergeControl({
+    agent, log, onFault: (sess, fault) => orchestrator.onFault(sess.worker.clientId, fault.callee, fault.signal),
+    callerOf: (clientId, callee) => orchestrator.callerOf(clientId, callee),
   });
   const sendEvent = (e: MergeEvent) => control?.send({
     merge_event: { at_ms: e.atMs, kind: e.kind, caller: e.caller, callee: e.callee, isolation: e.isolation, reason: e.reason, detail_json: JSON.stringify(e.detail) },
   });
-  const orchestrator = new MergeOrchestrator(agent, merge, log, sendEvent);
+  const orchestrator: MergeOrchestrator = new MergeOrchestrator(agent, merge, log, sendEvent);
   orchestrator.enabled = f.merging;
   if (f.merge_policy_file) orchestrator.setPolicy(loadPolicy(f.merge_policy_file));
   let policyError = '';

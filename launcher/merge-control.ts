@@ -105,6 +105,8 @@ export interface MergeControlOptions {
   onFault?: (s: MergeSession, f: Fault) => void;
   /** how long injection waits for a thread in a system call */
   safeWaitMs?: number;
+  /** whose calls a callee loaded in a worker serves (the merged pair's caller); default: the worker's function */
+  callerOf?: (clientId: number, callee: string) => string | undefined;
 }
 
 export class MergeControl {
@@ -270,7 +272,8 @@ export class MergeControl {
         const dCalls = c.calls - prev.calls;
         if (dCalls > 0 && st.tscHz > 0) {
           const us = ((c.totalCycles - prev.cycles) / st.tscHz) * 1e6;
-          this.o.agent.edges.recordLocal(s.worker.pool.entry.funcName, c.name, dCalls, c.failures - prev.failures, us);
+          const caller = this.o.callerOf?.(s.worker.clientId, c.name) ?? s.worker.pool.entry.funcName;
+          this.o.agent.edges.recordLocal(caller, c.name, dCalls, c.failures - prev.failures, us);
         }
         s.reported.set(c.name, { calls: c.calls, failures: c.failures, cycles: c.totalCycles });
       }

@@ -72,6 +72,8 @@ export class MergeOrchestrator {
   private busy = false;
   /** merges and unmerges run one at a time, whoever asked */
   private ops: Promise<unknown> = Promise.resolve();
+  /** per worker (client id): callee name -> the pairs that need it loaded there */
+  private readonly loaded = new Map<number, Map<string, Set<string>>>();
   enabled = true;
 
   constructor(
@@ -83,8 +85,9 @@ export class MergeOrchestrator {
 
   start(tickMs = 1000): void {
     this.timer = setInterval(() => void this.tick(), tickMs);
-    this.agent.onWorkerReady = (w) => void this.serial(() => this.onWorkerReady(w));
+    this.agent.onWorkerReady = () => void this.serial(() => this.reconcile());
     this.agent.onWorkerExit = (w) => {
+      this.loaded.delete(w.clientId);
       for (const p of this.pairs.values()) p.workers.delete(w.clientId);
     };
   }
@@ -181,9 +184,10 @@ export class MergeOrchestrator {
     this.decisions.merge++;
     this.log.info({ decision: 'merge', caller, callee, isolation: s.isolation, reason, ...detail }, `merging ${callee} into ${caller}`);
     this.event('decision', p, reason, { action: 'merge', ...detail });
-    // Every live worker, including ones that became ready meanwhile.
-    for (let w = this.nextUnapplied(p); w; w = this.nextUnapplied(p)) await this.applyTo(p, w);
-    const ok = [...p.workers.values()].filter((x) => x.ok).length;
+    // Every live worker of the caller (and of functions the caller runs merged in), including ones started meanwhile.
+    await this.reconcile();
+    const own = new Set(this.callerWorkers(caller).map((w) => w.clientId));
+    const ok = [...p.workers.entries()].filter(([id, x]) => x.ok && own.has(id)).length;
     if (ok === 0) {
       this.decisions.failed++;
       const errors = [...p.workers.values()].map((x) => x.error).filter(Boolean);
@@ -197,31 +201,83 @@ export class MergeOrchestrator {
     return p;
   }
 
-  private nextUnapplied(p: PairState): Worker | undefined {
-    return this.callerWorkers(p.caller).find((w) => !p.workers.has(w.clientId));
+  /**
+   * The functions whose workers run `fn`'s code: fn itself, and every caller
+   * fn is merged into (transitively). A merged pair B->C applies in all of
+   * them, so C is local to B inside A's process when A->B is merged too.
+   */
+  private hostsOf(fn: string, seen = new Set<string>()): Set<string> {
+    if (seen.has(fn)) return seen;
+    seen.add(fn);
+    for (const p of this.pairs.values()) if (p.callee === fn && p.state !== 'unmerging') this.hostsOf(p.caller, seen);
+    return seen;
+  }
+
+  /** The caller a callee loaded in a worker serves: the pair that put it there (the host's own pair first). */
+  callerOf(clientId: number, callee: string): string | undefined {
+    const refs = this.loaded.get(clientId)?.get(callee);
+    if (!refs || refs.size === 0) return undefined;
+    const host = this.agent.workerByClientId(clientId)?.pool.entry.funcName;
+    const pairs = [...refs].map((k) => this.pairs.get(k)).filter((p): p is PairState => p !== undefined);
+    return (pairs.find((p) => p.caller === host) ?? pairs[0])?.caller;
+  }
+
+  private targetsOf(p: PairState): Worker[] {
+    return [...this.hostsOf(p.caller)].flatMap((f) => this.callerWorkers(f));
+  }
+
+  /** Brings every pair to exactly its target workers. */
+  private async reconcile(): Promise<void> {
+    for (const p of [...this.pairs.values()]) {
+      if (p.state === 'unmerging') continue;
+      const targets = this.targetsOf(p);
+      const ids = new Set(targets.map((w) => w.clientId));
+      for (const w of targets) if (!p.workers.has(w.clientId)) await this.applyTo(p, w);
+      for (const id of [...p.workers.keys()]) if (!ids.has(id)) await this.release(p, id);
+    }
   }
 
   private async applyTo(p: PairState, w: Worker): Promise<void> {
     const t0 = performance.now();
+    const k = key(p.caller, p.callee);
+    const here = this.loaded.get(w.clientId) ?? new Map<string, Set<string>>();
+    this.loaded.set(w.clientId, here);
+    const refs = here.get(p.callee) ?? new Set<string>();
     try {
-      const s = await this.control.attach(w);
-      await s.load(p.callee, p.library, p.isolation, p.instances);
-      await s.route(p.callee, true);
+      if (refs.size === 0) {
+        const s = await this.control.attach(w);
+        await s.load(p.callee, p.library, p.isolation, p.instances);
+        await s.route(p.callee, true);
+      }
+      refs.add(k);
+      here.set(p.callee, refs);
       const ms = performance.now() - t0;
       p.workers.set(w.clientId, { ok: true, ms });
       p.applyMs.push(ms);
+      if (w.pool.entry.funcName !== p.caller) {
+        this.log.info({ caller: p.caller, callee: p.callee, host: w.pool.entry.funcName, worker: w.clientId }, 'merge applied inside a worker that runs the caller merged');
+      }
     } catch (err) {
       p.workers.set(w.clientId, { ok: false, error: (err as Error).message, ms: performance.now() - t0 });
       this.log.error({ caller: p.caller, callee: p.callee, worker: w.clientId, err: (err as Error).message }, 'merge into a worker failed');
     }
   }
 
-  private async onWorkerReady(w: Worker): Promise<void> {
-    for (const p of this.pairs.values()) {
-      if (p.caller !== w.pool.entry.funcName || p.state !== 'merged' || p.workers.has(w.clientId)) continue;
-      if (w.state !== 'idle' && w.state !== 'busy') continue;
-      await this.applyTo(p, w);
-      this.log.info({ caller: p.caller, callee: p.callee, worker: w.clientId }, 'merge applied to a new worker');
+  /** Drops the pair from a worker; unloads the callee there when no pair needs it any more. */
+  private async release(p: PairState, clientId: number): Promise<void> {
+    const entry = p.workers.get(clientId);
+    p.workers.delete(clientId);
+    const refs = this.loaded.get(clientId)?.get(p.callee);
+    refs?.delete(key(p.caller, p.callee));
+    if (!entry?.ok || (refs && refs.size > 0)) return;
+    this.loaded.get(clientId)?.delete(p.callee);
+    const s = this.control.sessions.get(clientId);
+    if (!s || s.closed) return;
+    try {
+      await s.route(p.callee, false);
+      await s.unload(p.callee);
+    } catch (err) {
+      this.log.warn({ caller: p.caller, callee: p.callee, worker: clientId, err: (err as Error).message }, 'unmerge in a worker failed (its route is off)');
     }
   }
 
@@ -241,26 +297,23 @@ export class MergeOrchestrator {
     p.state = 'unmerging';
     this.decisions.unmerge++;
     this.log.info({ decision: 'unmerge', caller, callee, reason }, `unmerging ${callee} from ${caller}`);
-    for (const clientId of p.workers.keys()) {
-      const s = this.control.sessions.get(clientId);
-      if (!s || s.closed) continue;
-      try {
-        await s.route(callee, false);
-        await s.unload(callee);
-      } catch (err) {
-        this.log.warn({ caller, callee, worker: clientId, err: (err as Error).message }, 'unmerge in a worker failed (its route is off)');
-      }
-    }
+    for (const clientId of [...p.workers.keys()]) await this.release(p, clientId);
     this.pairs.delete(key(caller, callee));
+    await this.reconcile(); // pairs that ran inside this caller only because of this merge leave too
     this.event('unmerged', p, reason);
     if (holdBack) this.holdBack(p, reason);
   }
 
-  onFault(workerFunc: string, callee: string, signal: number): void {
+  /** A callee faulted in a worker: every pair that put it there is unmerged and held back. */
+  onFault(clientId: number, callee: string, signal: number): void {
     this.decisions.fault++;
-    const p = { caller: workerFunc, callee };
-    this.event('fault', p, `callee raised signal ${signal}`, { signal });
-    void this.unmerge(workerFunc, callee, `callee faulted (signal ${signal})`, true);
+    const pairs = [...this.pairs.values()].filter((p) => p.callee === callee && p.workers.has(clientId));
+    const w = this.agent.workerByClientId(clientId);
+    if (pairs.length === 0 && w) pairs.push({ caller: w.pool.entry.funcName, callee } as PairState);
+    for (const p of pairs) {
+      this.event('fault', p, `callee raised signal ${signal} in worker ${clientId}`, { signal, worker: clientId });
+      void this.unmerge(p.caller, callee, `callee faulted (signal ${signal})`, true);
+    }
   }
 
   /** One decision round. */
@@ -270,7 +323,8 @@ export class MergeOrchestrator {
     try {
       await this.control.collect();
       const now = Date.now();
-      const procUs = new Map([...this.agent.pools.values()].map((p) => [p.entry.funcName, p.counters.processingUs]));
+      // A caller's time: in its own workers, and merged inside its callers.
+      const procUs = new Map([...this.agent.pools.values()].map((p) => [p.entry.funcName, p.counters.processingUs + this.agent.edges.localProcessingOf(p.entry.funcName)]));
       for (const e of this.agent.edges.snapshot(now)) {
         const k = key(e.caller, e.callee);
         const prev = this.windows.get(k);
@@ -364,7 +418,7 @@ export class MergeOrchestrator {
     return [...this.pairs.values()].map((p) => ({
       caller: p.caller, callee: p.callee, isolation: p.isolation,
       workers_merged: [...p.workers.values()].filter((x) => x.ok).length,
-      workers_total: this.callerWorkers(p.caller).length, since_ms: p.since, state: p.state,
+      workers_total: this.targetsOf(p).length, since_ms: p.since, state: p.state,
     }));
   }
 }

@@ -46,7 +46,7 @@ export interface NodeAgentOptions {
 /** Where a call came from, and so where its result goes. */
 type CallSource =
   | { kind: 'gateway'; conn: GatewayConn | undefined }
-  | { kind: 'nested'; caller: Worker };
+  | { kind: 'nested'; caller: Worker; callerFunc: string };
 
 interface Call {
   id: bigint;
@@ -528,8 +528,12 @@ export class NodeAgent {
     const frame = Buffer.from(f);
     frame[0] = (frame[0] & 0xf0) | MessageType.DISPATCH_FUNC_CALL;
     frame.fill(0, 8, 16);
+    frame.fill(0, 32, 64); // padding, including our origin extension, is zero in a DISPATCH
+    // A merged callee's own calls leave from its caller's process: attribute them to the callee.
+    const origin = ipc.originFuncId(f);
+    const callerFunc = (origin !== undefined ? this.pools.get(origin)?.entry.funcName : undefined) ?? caller.pool.entry.funcName;
     const call: Call = {
-      id, funcId: calleeId, frame, source: { kind: 'nested', caller }, inputSize: Math.abs(size),
+      id, funcId: calleeId, frame, source: { kind: 'nested', caller, callerFunc }, inputSize: Math.abs(size),
       ownsInputShm: false, receivedUs: monotonicMicros(),
     };
     if (!pool || !pool.runnable || caller.nested.has(id)) {
@@ -577,7 +581,7 @@ export class NodeAgent {
     const caller = call.source.caller;
     caller.nested.delete(call.id);
     const now = monotonicMicros();
-    this.edges.record(caller.pool.entry.funcName, pool?.entry.funcName ?? `#${call.funcId}`, {
+    this.edges.record(call.source.callerFunc, pool?.entry.funcName ?? `#${call.funcId}`, {
       inputBytes: call.inputSize,
       outputBytes: Math.abs(size),
       dispatchDelayUs: failed ? 0 : ipc.dispatchDelay(f),

@@ -173,6 +173,9 @@ export const Off = {
   SEND_TIMESTAMP: 16,
   PAYLOAD_SIZE: 24,
   FLAGS: 28,
+  /** Nightfuse extension in the zero padding: INVOKE_FUNC on behalf of a merged callee (see ipc.h) */
+  ORIGIN_FLAG: 32,
+  ORIGIN_FUNC: 33,
   INLINE: 64,
 } as const;
 
@@ -218,6 +221,8 @@ export const ipc = {
   dispatchDelay: (f: Buffer): number => f.readInt32LE(Off.DISPATCH_DELAY),
   processingTime: (f: Buffer): number => f.readInt32LE(Off.PROCESSING_TIME),
   parentCallId: (f: Buffer): bigint => f.readBigUInt64LE(Off.PARENT_CALL_ID),
+  /** the merged function an INVOKE_FUNC was made on behalf of, or undefined */
+  originFuncId: (f: Buffer): number | undefined => (f[Off.ORIGIN_FLAG] === 1 ? f[Off.ORIGIN_FUNC] : undefined),
   sendTimestamp: (f: Buffer): bigint => f.readBigInt64LE(Off.SEND_TIMESTAMP),
   setSendTimestamp: (f: Buffer, us: bigint): void => {
     f.writeBigInt64LE(us, Off.SEND_TIMESTAMP);

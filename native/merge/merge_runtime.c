@@ -134,6 +134,7 @@ typedef struct callee {
 static callee g_callees[MAX_CALLEES];
 static _Atomic(nightfuse_route_fn)* g_hook;
 static int (*g_host_ipc)(const char*, const char*, size_t, const char**, size_t*);
+static int (*g_host_ipc_from)(const char*, const char*, const char*, size_t, const char**, size_t*);
 static pthread_mutex_t g_ctl_mu = PTHREAD_MUTEX_INITIALIZER; /* serializes control commands */
 static _Atomic int g_running;
 static int g_sock = -1;
@@ -242,7 +243,11 @@ static int merge_invoke(void* ctx, const char* name, const char* input, size_t l
   const char* o = NULL;
   size_t ol = 0;
   int r = merge_route(name, input, len, &o, &ol);
-  if (r == NIGHTFUSE_ROUTE_PASS) return g_host_ipc ? g_host_ipc(name, input, len, out, out_len) : -1;
+  if (r == NIGHTFUSE_ROUTE_PASS) {
+    /* Out over IPC, saying it comes from this callee: the launcher's call graph keeps callee -> name. */
+    if (g_host_ipc_from) return g_host_ipc_from(in->owner->name, name, input, len, out, out_len);
+    return g_host_ipc ? g_host_ipc(name, input, len, out, out_len) : -1;
+  }
   if (r != 0) return -1;
   if (o) {
     if (in->n_defer == in->cap_defer) {
@@ -853,6 +858,7 @@ static int spawn_thread(void* (*fn)(void*)) {
 static int find_host(void) {
   g_hook = dlsym(RTLD_DEFAULT, "nightfuse_route_hook");
   g_host_ipc = dlsym(RTLD_DEFAULT, "nightfuse_host_invoke_ipc");
+  g_host_ipc_from = dlsym(RTLD_DEFAULT, "nightfuse_host_invoke_ipc_from"); /* optional (older hosts) */
   return g_hook && g_host_ipc;
 }
 

@@ -254,9 +254,8 @@ static int resolve_callee(const char* name, int* func_id, int* method_id) {
   return -1;
 }
 
-__attribute__((visibility("default"))) int nightfuse_host_invoke_ipc(const char* func_name, const char* input,
-                                                                     size_t input_length, const char** output,
-                                                                     size_t* output_length) {
+static int invoke_ipc(int origin_func_id, const char* func_name, const char* input, size_t input_length,
+                      const char** output, size_t* output_length) {
   *output = NULL;
   *output_length = 0;
   if (!W.in_call) {
@@ -273,6 +272,10 @@ __attribute__((visibility("default"))) int nightfuse_host_invoke_ipc(const char*
   nf_message m;
   nf_msg_init(&m, NF_MSG_INVOKE_FUNC, id);
   nf_put_u64(&m, NF_OFF_PARENT_CALL_ID, W.current_call_id);
+  if (origin_func_id > 0 && origin_func_id != W.func_id) {
+    m.bytes[NF_OFF_ORIGIN_FLAG] = 1;
+    m.bytes[NF_OFF_ORIGIN_FUNC] = (uint8_t)origin_func_id;
+  }
   int input_in_shm = input_length > NF_INLINE_CAPACITY;
   if (input_in_shm) {
     if (shm_create(id, "i", input, input_length)) return -1;
@@ -328,6 +331,19 @@ out:
     unlink(path);
   }
   return rc;
+}
+
+__attribute__((visibility("default"))) int nightfuse_host_invoke_ipc(const char* func_name, const char* input,
+                                                                     size_t input_length, const char** output,
+                                                                     size_t* output_length) {
+  return invoke_ipc(0, func_name, input, input_length, output, output_length);
+}
+
+__attribute__((visibility("default"))) int nightfuse_host_invoke_ipc_from(const char* origin, const char* func_name,
+                                                                          const char* input, size_t input_length,
+                                                                          const char** output, size_t* output_length) {
+  const nf_func_entry* e = origin ? nf_func_config_by_name(&W.config, origin) : NULL;
+  return invoke_ipc(e ? e->id : 0, func_name, input, input_length, output, output_length);
 }
 
 static int invoke_func(void* ctx, const char* func_name, const char* input, size_t input_length,

@@ -47,6 +47,11 @@ typedef struct {
 #define NF_OFF_SEND_TIMESTAMP 16 /* i64 µs CLOCK_MONOTONIC */
 #define NF_OFF_PAYLOAD_SIZE 24   /* i32; < 0 => -size bytes in a shm file */
 #define NF_OFF_FLAGS 28          /* u32 */
+/* Nightfuse extension in Nightcore's zero padding (Nightcore ignores it):
+ * INVOKE_FUNC sent on behalf of a merged callee carries the function it came
+ * from, so the launcher records the edge callee->next, not caller->next. */
+#define NF_OFF_ORIGIN_FLAG 32    /* u8: 1 when NF_OFF_ORIGIN_FUNC is set */
+#define NF_OFF_ORIGIN_FUNC 33    /* u8: func_id of the originating function */
 #define NF_OFF_INLINE 64
 
 static inline uint64_t nf_full_call_id(uint32_t func_id, uint32_t method_id, uint32_t client_id,

@@ -38,6 +38,10 @@ extern _Atomic(nightfuse_route_fn) nightfuse_route_hook;
 int nightfuse_host_invoke_ipc(const char* func_name, const char* input, size_t input_length,
                               const char** output, size_t* output_length);
 
+/* The same, on behalf of the merged function `origin` (the INVOKE frame says so). */
+int nightfuse_host_invoke_ipc_from(const char* origin, const char* func_name, const char* input, size_t input_length,
+                                   const char** output, size_t* output_length);
+
 #ifdef __cplusplus
 }
 #endif
