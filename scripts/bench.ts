@@ -10,12 +10,16 @@
  * Part 2 (native): nested call over IPC vs merged (inline/stack/thread), the
  * merge runtime's per-call cost, and injection times (bench-native.ts).
  *
+ * Part 3 (merge): Foo->Bar over HTTP not merged vs merged per isolation, the
+ * socialnet example before/after its policy settles (bench-merge.ts).
+ *
  * Env: BENCH_SECONDS (default 5 per run), BENCH_INJECTIONS (60), BENCH_ONLY=runtime|native|merge.
  */
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { CLI, DIST_SCRIPTS, freePort, load, spawnReady, stopAll, table } from './bench-lib.js';
 import { benchNative } from './bench-native.js';
+import { benchMerge } from './bench-merge.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 
@@ -69,6 +73,7 @@ async function main(): Promise<void> {
   try {
     if (!only || only === 'runtime') parts.push(await benchRuntime());
     if (!only || only === 'native') parts.push(await benchNative());
+    if (!only || only === 'merge') parts.push(await benchMerge());
   } finally {
     await stopAll();
   }

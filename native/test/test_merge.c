@@ -351,11 +351,6 @@ int main(int argc, char** argv) {
     /* Per-call cost of each isolation level, the same host path as nightfuse-worker. */
     double p50, p99;
     printf("{\"bench\":\"merge\"");
-    nightfuse_route_fn saved = atomic_load(&nightfuse_route_hook);
-    atomic_store(&nightfuse_route_hook, NULL);
-    measure("Bar", 200, 2000, &p50, &p99);
-    printf(",\"unhooked_pass_ns\":[%.1f,%.1f]", p50, p99);
-    atomic_store(&nightfuse_route_hook, saved);
     for (int iso = 0; iso < 3; iso++) {
       measure(bar_names[iso], 200, 2000, &p50, &p99);
       printf(",\"%s_ns\":[%.1f,%.1f]", iso_names[iso], p50, p99);

@@ -1,0 +1,63 @@
+// The socialnet example: a chain of depth 4 and a fan-out merge step by step
+// under load; the function in another trust group never does.
+import t from 'tap';
+import { join } from 'node:path';
+import { post, ROOT, startStack, type Stack } from './helpers.js';
+
+const TOKEN = 'chains';
+let stack: Stack;
+t.before(async () => {
+  stack = await startStack({
+    config: join(ROOT, 'examples', 'socialnet', 'func_config.json'),
+    gatewayFlags: [`--merge_policy_file=${join(ROOT, 'examples', 'socialnet', 'merge-policy.yaml')}`, `--admin_token=${TOKEN}`],
+    launcherFlags: ['--merge_tick_ms=250'],
+  });
+});
+t.teardown(() => stack?.stop());
+
+const get = async (path: string) =>
+  (await fetch(`http://127.0.0.1:${stack.httpPort}/admin/v1${path}`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json() as Promise<any[]>;
+
+t.test('ComposePost -> Text -> UrlShorten -> UniqueId: the whole chain ends up in ComposePost\'s process', async (t) => {
+  const input = 'hello @alice see https://example.com/x and @bob';
+  const expected = (await post(stack.httpPort, '/function/ComposePost', input)).body.toString();
+  t.match(expected, /^\{"post_id":"[0-9a-f]{16}","text":"hello @alice see https:\/\/nf\.io\/[0-9a-f]{8} and @bob\|mentions=alice,bob","storage":"stored:\d+:[0-9a-f]{8}"\}$/);
+  let stop = false;
+  const bad: string[] = [];
+  let ok = 0;
+  const loops = [0, 1].map(async () => {
+    while (!stop) {
+      const r = await post(stack.httpPort, '/function/ComposePost', input);
+      if (r.status === 200 && r.body.toString() === expected) ok++;
+      else bad.push(`${r.status} ${r.body.toString().slice(0, 80)}`);
+    }
+  });
+  const want = [['ComposePost', 'Text'], ['Text', 'UrlShorten'], ['Text', 'UserMention'], ['ComposePost', 'UniqueId']];
+  const deadline = Date.now() + 30000;
+  let merges: any[] = [];
+  while (Date.now() < deadline) {
+    merges = await get('/merges');
+    if (want.every(([a, b]) => merges.some((m) => m.caller === a && m.callee === b && m.state === 'merged' && m.workersMerged === m.workersTotal))) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  for (const [a, b] of want) t.ok(merges.some((m) => m.caller === a && m.callee === b && m.state === 'merged'), `${a} <- ${b} merged`);
+  const text = merges.find((m) => m.caller === 'Text' && m.callee === 'UrlShorten');
+  t.ok(text.workersTotal > 2, `Text->UrlShorten applies in Text's and ComposePost's workers (${text.workersTotal})`);
+  t.notOk(merges.some((m) => m.callee === 'PostStorage'), 'PostStorage (trust group storage) never merged');
+  // Steady state: the deep callees get no IPC calls any more.
+  const ipcCalls = async () => {
+    const edges = await get('/edges');
+    const e = (a: string, b: string) => edges.find((x) => x.caller === a && x.callee === b) ?? { calls: 0, localCalls: 0 };
+    return { url: e('Text', 'UrlShorten').calls - e('Text', 'UrlShorten').localCalls, storage: e('ComposePost', 'PostStorage').calls };
+  };
+  await new Promise((r) => setTimeout(r, 1500));
+  const a = await ipcCalls();
+  await new Promise((r) => setTimeout(r, 1500));
+  const b = await ipcCalls();
+  t.equal(b.url, a.url, 'Text -> UrlShorten calls no longer cross IPC');
+  t.ok(b.storage > a.storage, 'ComposePost -> PostStorage still flows over IPC');
+  stop = true;
+  await Promise.all(loops);
+  t.same(bad, [], 'every response identical before, during and after the merges');
+  t.ok(ok > 100, `${ok} calls`);
+});
