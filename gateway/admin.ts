@@ -22,6 +22,7 @@ import { DEFAULT_POLICY, loadPolicy, parsePolicy, type Policy, PolicyError } fro
 import type { MergeEventMsg } from '../proto/control.js';
 import type { ControlServer } from './control-server.js';
 import type { MetricFamily } from './metrics.js';
+import { collectBody } from '../common/body.js';
 
 export const ADMIN_PREFIX = '/admin/v1';
 const MAX_ADMIN_BODY = 1 << 20;
@@ -108,20 +109,10 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(b);
 }
 
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let size = 0;
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > MAX_ADMIN_BODY) {
-        reject(new Error(`body over ${MAX_ADMIN_BODY} bytes`));
-        req.destroy();
-      } else chunks.push(c);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
-  });
+async function readBody(req: http.IncomingMessage): Promise<string> {
+  const r = await collectBody(req, MAX_ADMIN_BODY);
+  if (!r.ok) throw new Error(`admin request body of ${r.size} bytes is over ${MAX_ADMIN_BODY}`);
+  return r.body.toString('utf8');
 }
 
 export class AdminApi {

@@ -13,6 +13,7 @@ import type { FuncConfig } from '../common/func-config.js';
 import type { Logger } from '../common/log.js';
 import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
+import { collectBody } from '../common/body.js';
 
 export const GrpcStatus = { OK: 0, UNKNOWN: 2, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, RESOURCE_EXHAUSTED: 8 } as const;
 
@@ -87,26 +88,15 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
       badRequest(stream);
       return;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let tooBig = false;
-    stream.on('data', (c: Buffer) => {
-      if (tooBig) return;
-      size += c.length;
-      if (o.maxBodyBytes > 0 && size > o.maxBodyBytes + 5) {
-        tooBig = true;
-        chunks.length = 0;
-      } else chunks.push(c);
-    });
-    stream.on('end', () => {
+    void collectBody(stream, o.maxBodyBytes > 0 ? o.maxBodyBytes + 5 : 0).then((r) => {
       const name = `grpc:${target.service}`;
-      if (tooBig) {
+      if (!r.ok) {
         o.metrics.request(name, GrpcStatus.RESOURCE_EXHAUSTED, 0, 'grpc');
         reply(stream, GrpcStatus.RESOURCE_EXHAUSTED, Buffer.alloc(0));
         return;
       }
-      const body = Buffer.concat(chunks);
-      let input = Buffer.alloc(0);
+      const body = r.body;
+      let input: Buffer = Buffer.alloc(0);
       if (body.length > 0) {
         if (body.length < 5 || body[0] !== 0 || body.readUInt32BE(1) !== body.length - 5) {
           badRequest(stream);
@@ -131,7 +121,7 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
         o.metrics.request(name, st, Number(process.hrtime.bigint() - started) / 1e9, 'grpc');
         reply(stream, st, out.kind === 'ok' ? out.output : Buffer.alloc(0));
       });
-    });
+    }, () => stream.destroy());
   });
   return server;
 }

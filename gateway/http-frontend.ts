@@ -14,6 +14,7 @@ import type { Logger } from '../common/log.js';
 import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
 import { queryToJsonInput } from './qs-input.js';
+import { collectBody } from '../common/body.js';
 
 const STATUS_TEXT: Record<number, string> = {
   200: 'OK', 400: 'Bad Request', 404: 'Not Found', 413: 'Payload Too Large', 500: 'Internal Server Error',
@@ -121,26 +122,13 @@ function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.Ser
     req.resume();
     return;
   }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let tooBig = false;
-  req.on('data', (c: Buffer) => {
-    if (tooBig) return;
-    size += c.length;
-    if (o.maxBodyBytes > 0 && size > o.maxBodyBytes) {
-      tooBig = true;
-      chunks.length = 0;
-      return;
-    }
-    chunks.push(c);
-  });
-  req.on('end', () => {
-    if (tooBig) {
+  void collectBody(req, o.maxBodyBytes).then((r) => {
+    if (!r.ok) {
       o.metrics.request(name, 413, 0);
       sendPlain(res, 413, `request body exceeds the limit of ${o.maxBodyBytes} bytes\n`);
       return;
     }
-    const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+    const body = r.body;
     let input = body;
     if (entry.qsAsInput) {
       if (body.length > 0) o.log.debug({ func: name }, 'qsAsInput: request body ignored');
@@ -157,10 +145,7 @@ function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.Ser
       if (res.destroyed) return;
       sendPlain(res, status, out.kind === 'ok' ? out.output : EMPTY);
     });
+  }, () => {
+    if (!res.destroyed) res.destroy();
   });
-  req.on('error', () => discardQuietly(res));
-}
-
-function discardQuietly(res: http.ServerResponse): void {
-  if (!res.destroyed) res.destroy();
 }
