@@ -13,7 +13,8 @@ function runDir(t: Test, dir: string, label: string): void {
   for (const name of tests) {
     const r = spawnSync(join(dir, name), [join(ROOT, 'proto', 'golden.txt')], { cwd: ROOT, encoding: 'utf8', timeout: 120000 });
     const summary = /(\d+) passed, (\d+) failed/.exec(r.stdout);
-    t.equal(r.status, 0, `${label} ${name} exits 0`, { stdout: r.stdout.slice(-2000), stderr: r.stderr.slice(-2000) });
+    const failed = r.stdout.split('\n').filter((l) => l.startsWith('not ok') || l.startsWith('#'));
+    t.equal(r.status, 0, `${label} ${name} exits 0`, { failed, stderr: r.stderr.slice(-2000) });
     t.ok(summary && Number(summary[1]) > 0 && summary[2] === '0', `${label} ${name}: ${summary?.[0]}`);
   }
 }

@@ -63,8 +63,22 @@ static int start_target(const char* name, const char* arg, target* t) {
   t->from = fdopen(out[0], "r");
   char line[128];
   if (!fgets(line, sizeof line, t->from) || strncmp(line, "ready ", 6) != 0) return -1;
-  usleep(10000); /* let it finish the write of "ready" and block where it means to */
   return 0;
+}
+
+/* Waits (up to 2 s) until the target's main thread is blocked in read(2), as /proc says. */
+static void wait_in_read(pid_t pid) {
+  char path[64], buf[64];
+  snprintf(path, sizeof path, "/proc/%d/syscall", pid);
+  for (int i = 0; i < 2000; i++) {
+    FILE* f = fopen(path, "r");
+    if (f) {
+      int ok = fgets(buf, sizeof buf, f) && strncmp(buf, "0 ", 2) == 0;
+      fclose(f);
+      if (ok) return;
+    }
+    usleep(1000);
+  }
 }
 
 /* Sends a line and expects "echo <line>" back. */
@@ -141,6 +155,7 @@ static void test_read_target(void) {
   for (int i = 0; i < 3; i++) {
     nf_inject_report r;
     unlink(out);
+    wait_in_read(t.pid);
     int rc = inject(t.pid, "libprobe.so", "probe_entry", out, 50, &r);
     CHECK(rc == 0 && r.ok, "inject into a target blocked in read (#%d): %s", i, r.error);
     CHECK(r.safe_point == 1 && r.syscall_nr == SYS_read && r.thread_used == t.pid,
