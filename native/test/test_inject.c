@@ -66,14 +66,14 @@ static int start_target(const char* name, const char* arg, target* t) {
   return 0;
 }
 
-/* Waits (up to 2 s) until the target's main thread is blocked in read(2), as /proc says. */
-static void wait_in_read(pid_t pid) {
+/* Waits (up to 2 s) until /proc/<pid>/syscall starts with `what` ("0 " = blocked in read, "running" = user code). */
+static void wait_syscall(pid_t pid, const char* what) {
   char path[64], buf[64];
   snprintf(path, sizeof path, "/proc/%d/syscall", pid);
   for (int i = 0; i < 2000; i++) {
     FILE* f = fopen(path, "r");
     if (f) {
-      int ok = fgets(buf, sizeof buf, f) && strncmp(buf, "0 ", 2) == 0;
+      int ok = fgets(buf, sizeof buf, f) && strncmp(buf, what, strlen(what)) == 0;
       fclose(f);
       if (ok) return;
     }
@@ -155,7 +155,7 @@ static void test_read_target(void) {
   for (int i = 0; i < 3; i++) {
     nf_inject_report r;
     unlink(out);
-    wait_in_read(t.pid);
+    wait_syscall(t.pid, "0 ");
     int rc = inject(t.pid, "libprobe.so", "probe_entry", out, 50, &r);
     CHECK(rc == 0 && r.ok, "inject into a target blocked in read (#%d): %s", i, r.error);
     CHECK(r.safe_point == 1 && r.syscall_nr == SYS_read && r.thread_used == t.pid,
@@ -176,9 +176,11 @@ static void test_spin_target(void) {
   volatile uint64_t* page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   target t;
   CHECK(start_target("target_spin", page_path, &t) == 0, "start target spinning in user code");
+  /* Past its write of "ready" and in the loop: the loop counts in word 3. */
+  for (int i = 0; i < 2000 && page[3] < 1000; i++) usleep(1000);
   nf_inject_report r;
   int rc = inject(t.pid, "libprobe.so", "probe_fail", "", -1, &r);
-  CHECK(rc != 0 && strstr(r.error, "no thread") != NULL, "safe_wait -1 refuses to use running user code: %s", r.error);
+  CHECK(rc != 0 && strstr(r.error, "no thread") != NULL, "safe_wait -1 refuses to use running user code: %s (syscall %d)", r.error, r.syscall_nr);
   rc = inject(t.pid, "libprobe.so", "", "", 20, &r);
   CHECK(rc == 0 && r.ok, "inject into a spinning target after the safe-point wait: %s", r.error);
   CHECK(r.safe_point == 0 && r.attempts > 1, "reported no safe point (%d attempts)", r.attempts);

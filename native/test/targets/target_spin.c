@@ -2,7 +2,8 @@
  * spinning; it answers requests through a shared page: the test writes a
  * number to word 0 of the file named by argv[1], the target writes it + 1 to
  * word 1. Floating-point state is live across the spin (checked by the test:
- * the answer involves an accumulated double). */
+ * the answer involves an accumulated double). Word 3 counts loop iterations,
+ * so the test knows the target is in the loop (not still in its write). */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
   uint64_t last = 0;
   for (;;) {
     acc = acc * 1.0000001 + 1e-9; /* keeps an xmm register busy */
+    page[3]++;
     uint64_t req = page[0];
     if (req != last) {
       last = req;
