@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
-import { FlagError, parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
+import { parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
 import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
@@ -134,4 +134,3 @@ export async function runUp(argv: string[]): Promise<void> {
   }
 }
 
-export { FlagError };

@@ -94,3 +94,17 @@ export function flagHelp(specs: FlagSpecs): string {
     .map(([k, s]) => `  --${k}=${JSON.stringify(s.default)}\n      ${s.help}`)
     .join('\n');
 }
+
+/**
+ * Flags defined in Nightcore's library code, which every Nightcore binary
+ * accepts (spec §7.6). A binary that implements one declares it in its own
+ * specs, which take precedence; the rest are accepted and ignored.
+ */
+export const NIGHTCORE_LIBRARY_FLAGS = [
+  'max_running_requests', 'lb_per_fn_round_robin', 'lb_pick_least_load', 'engine_conn_enable_nodelay',
+  'engine_conn_enable_keepalive', 'gateway_conn_enable_nodelay', 'gateway_conn_enable_keepalive', 'disable_monitor',
+  'func_worker_use_engine_socket', 'use_fifo_for_nested_call', 'func_worker_pipe_direct_write',
+  'max_relative_queueing_delay', 'concurrency_limit_coef', 'expected_concurrency_coef', 'min_worker_request_interval_ms',
+  'always_request_worker_if_possible', 'disable_concurrency_limiter', 'instant_rps_p_norm', 'instant_rps_ema_alpha',
+  'instant_rps_ema_tau_ms',
+] as const;

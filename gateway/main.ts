@@ -1,7 +1,7 @@
 /** `nightfuse gateway`: Nightcore's gateway flags and front ends, plus Nightfuse's control plane and metrics. */
 import type http from 'node:http';
 import { loadFuncConfig } from '../common/func-config.js';
-import { flagHelp, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, type FlagSpecs } from '../common/flags.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { ControlServer } from './control-server.js';
 import { Dispatcher } from './dispatcher.js';
@@ -30,14 +30,8 @@ export const GATEWAY_FLAGS = {
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
-/** Flags of Nightcore's other binaries that every Nightcore binary accepts (spec §7.6). */
-export const IGNORED_GATEWAY_FLAGS = [
-  'engine_conn_enable_nodelay', 'engine_conn_enable_keepalive', 'gateway_conn_enable_nodelay', 'gateway_conn_enable_keepalive',
-  'disable_monitor', 'func_worker_use_engine_socket', 'use_fifo_for_nested_call', 'func_worker_pipe_direct_write',
-  'max_relative_queueing_delay', 'concurrency_limit_coef', 'expected_concurrency_coef', 'min_worker_request_interval_ms',
-  'always_request_worker_if_possible', 'disable_concurrency_limiter', 'instant_rps_p_norm', 'instant_rps_ema_alpha',
-  'instant_rps_ema_tau_ms',
-];
+/** Nightcore's library flags the gateway does not implement: accepted, ignored. */
+export const IGNORED_GATEWAY_FLAGS: readonly string[] = NIGHTCORE_LIBRARY_FLAGS;
 
 export interface GatewayOptions {
   config: FuncConfig;
@@ -65,8 +59,6 @@ export interface RunningGateway {
   http: http.Server;
   policy: PolicyStore;
   admin: AdminApi;
-  /** admin routes etc. can be installed after start */
-  setExtraRoutes(f: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean): void;
   stop(): Promise<void>;
 }
 
@@ -100,7 +92,6 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     nodes: () => engines.nodes.size,
   });
   let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
-  // eslint-disable-next-line prefer-const
   const httpServer = createHttpFrontend({
     config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
     extraRoutes: (req, res, path) => extra?.(req, res, path) ?? false,
@@ -125,9 +116,6 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
     engines, dispatcher, control, metrics, http: httpServer, policy, admin,
-    setExtraRoutes(f) {
-      extra = f;
-    },
     async stop() {
       policy.close();
       dispatcher.failAll();

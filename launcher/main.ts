@@ -1,7 +1,7 @@
 /** `nightfuse launcher`: the node agent as its own process. */
 import { hostname } from 'node:os';
 import { loadFuncConfig } from '../common/func-config.js';
-import { flagHelp, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, type FlagSpecs } from '../common/flags.js';
 import { createLogger } from '../common/log.js';
 import { WORKER_HOST } from '../common/paths.js';
 import { MessageType } from '../proto/wire.js';
@@ -35,13 +35,8 @@ export const LAUNCHER_FLAGS = {
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
-/** Nightcore engine/launcher tuning flags accepted for drop-in use, with no effect here. */
-export const IGNORED_ENGINE_FLAGS = [
-  'disable_monitor', 'min_worker_request_interval_ms', 'always_request_worker_if_possible', 'disable_concurrency_limiter',
-  'expected_concurrency_coef', 'concurrency_limit_coef', 'max_relative_queueing_delay', 'instant_rps_p_norm',
-  'instant_rps_ema_alpha', 'instant_rps_ema_tau_ms', 'gateway_conn_enable_nodelay', 'gateway_conn_enable_keepalive',
-  'func_worker_pipe_direct_write', 'fprocess_mode', 'fprocess_working_dir',
-];
+/** Nightcore's library flags and launcher flags this node agent does not implement: accepted, ignored. */
+export const IGNORED_ENGINE_FLAGS: readonly string[] = [...NIGHTCORE_LIBRARY_FLAGS, 'fprocess_mode', 'fprocess_working_dir'];
 
 export async function runLauncher(argv: string[]): Promise<void> {
   if (argv.includes('--help')) {

@@ -259,6 +259,3 @@ export class IpcFrameReader {
 export function monotonicMicros(): bigint {
   return process.hrtime.bigint() / 1000n;
 }
-
-/** The 64-character container id; we never run inside Docker's cgroup v1. */
-export const NO_CONTAINER_ID = '0'.repeat(CONTAINER_ID_LEN);
