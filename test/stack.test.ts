@@ -183,4 +183,10 @@ t.test('gateway restart: the launcher reconnects and calls flow again', async (t
   await waitFor(async () => (await post(stack.httpPort, '/function/Foo', 'again')).status === 200, 10000, 'calls after restart');
   const r = await post(stack.httpPort, '/function/Foo', 'again');
   t.equal(r.body.toString(), 'From function Bar: again, World\n');
+  // The control plane re-attaches too: the new gateway gets the launcher's reports.
+  await waitFor(async () => {
+    const m = (await request(stack.httpPort, 'GET', '/metrics')).body.toString();
+    return (metricValue(m, 'nightfuse_edge_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0;
+  }, 10000, 'launcher reports reaching the restarted gateway');
+  t.pass('control plane re-attached after the gateway restart');
 });
