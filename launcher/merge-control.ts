@@ -17,6 +17,11 @@ import {
 import { inject, type InjectReport } from './injector.js';
 import type { NodeAgent, Worker } from './node-agent.js';
 import { rmQuiet } from './ipc-files.js';
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+const tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
+const SIGURG = 23;
 
 export const MERGE_RUNTIME_LIBRARY = join(NATIVE_BUILD, 'libnightfuse_merge.so');
 export const MERGE_ENTRY = 'nightfuse_merge_start';
@@ -211,48 +216,55 @@ export class MergeControl {
     });
   }
 
-  /** One injection with the worker held out of dispatch. */
-  private async injectHeld(w: Worker, entry: string | undefined): Promise<InjectReport> {
+  /**
+   * One injection with the worker held out of dispatch. With no entry, the
+   * runtime's constructor armed a SIGURG handler: the start signal goes to the
+   * worker's main thread while it is still held (blocked in read(2)), and the
+   * hold lasts until the runtime says HELLO (or `helloMs` passes).
+   */
+  private async injectHeld(w: Worker, entry: string | undefined, hello: Promise<MergeSession | undefined>): Promise<{ report: InjectReport; session?: MergeSession }> {
     const release = await this.o.agent.hold(w);
     let report: InjectReport;
+    let session: MergeSession | undefined;
     try {
       if ((w.state as string) === 'dead') throw new MergeError(`worker ${w.clientId} died while being held`);
       report = await inject(w.pid, this.o.runtimeLibrary ?? MERGE_RUNTIME_LIBRARY, {
         entry, arg: entry ? this.socketPath : undefined, safeWaitMs: this.o.safeWaitMs ?? 50, timeoutMs: 5000,
       });
+      if (report.ok && !entry) tgkill(w.pid, w.pid, SIGURG);
+      // Held at most 1.5 s: calls to this worker queue meanwhile.
+      if (report.ok) session = await Promise.race([hello, new Promise<undefined>((r) => setTimeout(r, 1500))]);
     } finally {
       release();
     }
     this.injections.push(report);
     if (this.injections.length > 1000) this.injections.shift();
     this.o.log.info({ worker: w.clientId, pid: w.pid, entry, ok: report.ok, stoppedUs: Math.round(report.stoppedUs), totalUs: Math.round(report.totalUs), error: report.error || undefined }, 'merge runtime injection');
-    return report;
+    return { report, session };
   }
 
   /**
-   * Loads the runtime with no entry call: its constructor starts it from the
-   * worker's environment, so the stopped window holds only dlopen. If no HELLO
-   * follows (an old runtime still loaded but disconnected, or a process that is
-   * not a worker host), the explicit entry starts it or says why not.
+   * Loads the runtime with no entry call (see injectHeld): only dlopen happens
+   * in the stopped window. If no HELLO follows (an old runtime still loaded but
+   * disconnected, or a process that is not a worker host), the explicit entry
+   * starts it or says why not.
    */
   private async doAttach(w: Worker, timeoutMs: number): Promise<MergeSession> {
     if (!w.pid || w.state === 'dead' || w.state === 'starting') throw new MergeError(`worker ${w.clientId} is not running`);
-    let hello = this.waitHello(w.clientId, Math.min(timeoutMs, 1500));
-    let report = await this.injectHeld(w, undefined);
-    if (!report.ok) {
+    let r = await this.injectHeld(w, undefined, this.waitHello(w.clientId, Math.min(timeoutMs, 1500)));
+    if (!r.report.ok) {
       this.helloWaiters.delete(w.clientId);
-      throw new MergeError(`injecting the merge runtime into worker ${w.clientId} (pid ${w.pid}) failed: ${report.error}`);
+      throw new MergeError(`injecting the merge runtime into worker ${w.clientId} (pid ${w.pid}) failed: ${r.report.error}`);
     }
-    let s = await hello;
-    if (s) return s;
-    hello = this.waitHello(w.clientId, timeoutMs);
-    report = await this.injectHeld(w, MERGE_ENTRY);
-    if (!report.ok) {
+    if (r.session) return r.session;
+    const hello = this.waitHello(w.clientId, timeoutMs);
+    r = await this.injectHeld(w, MERGE_ENTRY, hello);
+    if (!r.report.ok) {
       this.helloWaiters.delete(w.clientId);
-      const why = ENTRY_ERRORS[report.entryResult] ?? report.error;
+      const why = ENTRY_ERRORS[r.report.entryResult] ?? r.report.error;
       throw new MergeError(`starting the merge runtime in worker ${w.clientId} (pid ${w.pid}) failed: ${why}`);
     }
-    s = await hello;
+    const s = r.session ?? (await hello);
     if (!s) throw new MergeError(`worker ${w.clientId}'s merge runtime did not connect within ${timeoutMs} ms`);
     return s;
   }

@@ -183,3 +183,19 @@ t.test('inject -> LOAD -> ROUTE -> UNLOAD, 100 times in a live worker: no leaked
   t.ok(after.maps <= before.maps + 8, `mappings ${before.maps} -> ${after.maps}`);
   t.equal((await post(stack.httpPort, '/function/Foo', 'after cycles')).body.toString(), 'From function Bar: after cycles, World\n');
 });
+
+t.test('a runtime that lost its launcher connection is started again through the entry fallback', async (t) => {
+  const w = stack.agent.workersOf('Foo').find((x) => x.state !== 'dead')!;
+  const first = await stack.merge.attach(w);
+  first.close('test: drop the connection');
+  await waitFor(() => !stack.merge.sessions.has(w.clientId), 3000, 'session gone');
+  const before = stack.merge.injections.length;
+  const again = await stack.merge.attach(w);
+  t.not(again, first, 'a new session');
+  const made = stack.merge.injections.slice(before);
+  t.same(made.map((r) => r.entry || 'load-only'), ['load-only', 'nightfuse_merge_start'], 'load-only first (ignored: already loaded), then the entry');
+  await again.load('Bar', barLib(), 'inline', 1);
+  await again.route('Bar', true);
+  t.equal((await post(stack.httpPort, '/function/Foo', 'restarted')).body.toString(), 'From function Bar: restarted, World\n');
+  await again.unload('Bar');
+});

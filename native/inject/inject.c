@@ -290,7 +290,8 @@ static void classify_silent_stop(thread_t* t) {
 static int wait_stop(ctx_t* c, thread_t* t, double deadline) {
   /* Yield-spin first: a remote call or a stop takes tens of µs, and a sleep
    * costs at least the timer slack (50 µs). Sleep only for long waits. */
-  double spin_until = now_us() + 5000;
+  double started = now_us();
+  double spin_until = started + 5000;
   double traced_since = 0;
   for (;;) {
     siginfo_t si;
@@ -303,20 +304,24 @@ static int wait_stop(ctx_t* c, thread_t* t, double deadline) {
     }
     if (si.si_pid == 0) {
       double now = now_us();
-      /* In a ptrace stop for 2 ms with no notification: it went to another waiter. */
-      char st = thread_state(c->pid, t->tid);
-      if (st == 0) {
-        c->rep->target_exited = t->tid == c->pid;
-        return 1;
-      }
-      if (st == 't') {
-        if (traced_since == 0) traced_since = now;
-        else if (now - traced_since > 2000) {
-          classify_silent_stop(t);
-          return 0;
+      /* In a ptrace stop for 2 ms with no notification: it went to another
+       * waiter. Reading /proc costs tens of µs, so look only once the wait is
+       * already long, never on the fast path. */
+      if (now - started > 1000) {
+        char st = thread_state(c->pid, t->tid);
+        if (st == 0) {
+          c->rep->target_exited = t->tid == c->pid;
+          return 1;
         }
-      } else {
-        traced_since = 0;
+        if (st == 't') {
+          if (traced_since == 0) traced_since = now;
+          else if (now - traced_since > 1000) {
+            classify_silent_stop(t);
+            return 0;
+          }
+        } else {
+          traced_since = 0;
+        }
       }
       if (now > deadline) return -1;
       if (now < spin_until) {

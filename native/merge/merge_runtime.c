@@ -2,10 +2,10 @@
  * libnightfuse_merge.so: the in-process merge runtime the injector loads into a
  * caller worker (see ARCHITECTURE.md, "Merging, step by step").
  *
- * Start: the launcher injects this library with no entry call: its ELF
+ * Start: the launcher injects this library with no entry call; its ELF
  *   constructor finds the host's routing hook and $FAAS_ROOT_PATH_FOR_IPC/
- *   merge.sock and starts the control thread, which connects (only thread
- *   creation happens inside the injector's stopped window).
+ *   merge.sock and arms a one-shot SIGURG handler; the launcher's SIGURG,
+ *   sent right after detaching, starts the control thread (see autostart()).
  * Entry: int nightfuse_merge_start(const char* control_socket_path), for any
  *   other caller and for diagnosis: connects, starts the control thread and
  *   returns 0, or 2 if this process is not a Nightfuse worker host (no routing
@@ -870,22 +870,44 @@ static int find_host(void) {
 }
 
 /*
- * Injected by the launcher with no entry call: the library starts itself while
- * dlopen runs, when it finds itself in a Nightfuse worker host whose IPC root
- * holds the launcher's merge.sock. Only a thread is started here (the injector
- * keeps the process stopped meanwhile); that thread connects. Loaded any other
- * way (a test harness, a non-worker process), it does nothing.
+ * Injected by the launcher with no entry call: the constructor only arms a
+ * one-shot SIGURG handler (a sigaction, inside the injector's stopped window).
+ * Right after detaching, the launcher, which still holds the worker idle
+ * (blocked in read(2), holding no lock), sends SIGURG to its main thread with
+ * tgkill; the handler starts the control thread, which connects and says
+ * HELLO. Creating the thread is most of the cost of starting, and this keeps
+ * it out of the stopped window without a second remote call. Loaded any other
+ * way (not a Nightfuse worker host, no merge.sock), the library does nothing.
  */
+static struct sigaction g_old_urg;
+static _Atomic int g_urg_armed;
+
+static void disarm_start_signal(void) {
+  if (atomic_exchange(&g_urg_armed, 0)) sigaction(SIGURG, &g_old_urg, NULL);
+}
+
+static void on_start_signal(int sig) {
+  (void)sig;
+  disarm_start_signal();
+  if (atomic_exchange(&g_running, 1)) return;
+  if (spawn_thread(autostart_thread) != 0) atomic_store(&g_running, 0);
+}
+
 __attribute__((constructor)) static void autostart(void) {
   const char* root = getenv("FAAS_ROOT_PATH_FOR_IPC");
   if (!root || !find_host()) return;
   if (snprintf(g_socket_path, sizeof g_socket_path, "%s/merge.sock", root) >= (int)sizeof g_socket_path) return;
   if (access(g_socket_path, F_OK) != 0) return;
-  if (atomic_exchange(&g_running, 1)) return;
-  if (spawn_thread(autostart_thread) != 0) atomic_store(&g_running, 0);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_start_signal;
+  sa.sa_flags = SA_RESTART; /* the interrupted read(2) resumes */
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGURG, &sa, &g_old_urg) == 0) atomic_store(&g_urg_armed, 1);
 }
 
 NF_EXPORT int nightfuse_merge_start(const char* socket_path) {
+  disarm_start_signal();
   if (atomic_load(&g_running)) return 0;
   if (!find_host()) return 2;
   if (!socket_path || strlen(socket_path) >= sizeof g_socket_path) return 4;
