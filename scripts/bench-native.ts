@@ -91,7 +91,7 @@ export async function benchNative(injections = Number(process.env.BENCH_INJECTIO
         ['stopped world (first interrupt -> last detach)', pct(stopped, 50), pct(stopped, 99), '≤ 0.2 ms p50 (anchor ~3 ms)'],
         ['  of which: seize + stop every thread', pct(att, 50), pct(att, 99), ''],
         ['  of which: remote dlopen', pct(dl, 50), pct(dl, 99), ''],
-        ['  of which: remote entry call', pct(ent, 50), pct(ent, 99), 'none: the runtime starts from its constructor'],
+        ['  of which: remote entry call', pct(ent, 50), pct(ent, 99), 'none: a signal after detach starts the runtime'],
         ['total (incl. ELF lookup, attach, detach)', pct(total, 50), pct(total, 99), ''],
       ]),
     );
