@@ -142,7 +142,8 @@ export class MergeOrchestrator {
     if (settings.mode === 'never') return 'policy says never';
     const held = this.heldUntil.get(key(caller, callee));
     if (!manual && held && held > Date.now()) return `held back for ${Math.ceil((held - Date.now()) / 1000)} s more`;
-    const mine = [...this.pairs.values()].filter((p) => p.caller === caller);
+    // The caller's other merged callees (a manual re-merge replaces this pair, so it does not count).
+    const mine = [...this.pairs.values()].filter((p) => p.caller === caller && p.callee !== callee);
     if (mine.length >= this.policy.limits.maxCalleesPerWorker) return `limit of ${this.policy.limits.maxCalleesPerWorker} merged callees per worker reached`;
     const memMiB = (p: { library: string; instances: number }) => (statSync(p.library).size + p.instances * 256 * 1024) / (1 << 20);
     const extra = mine.reduce((s, p) => s + memMiB(p), 0) + memMiB({ library: b.library, instances: settings.instances });
