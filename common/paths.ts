@@ -19,4 +19,3 @@ export const NATIVE_BUILD = join(PACKAGE_ROOT, 'native', 'build');
 export const WORKER_HOST = join(NATIVE_BUILD, 'nightfuse-worker');
 export const EXAMPLE_CONFIG = join(PACKAGE_ROOT, 'examples', 'func_config.json');
 export const EXAMPLE_POLICY = join(PACKAGE_ROOT, 'examples', 'merge-policy.yaml');
-export const CLI_ENTRY = join(PACKAGE_ROOT, 'bin', 'nightfuse.js');

@@ -71,10 +71,6 @@ export class GatewayLink {
     for (const c of this.conns) this.connect(c);
   }
 
-  get connectedCount(): number {
-    return this.conns.filter((c) => c.alive).length;
-  }
-
   /** Sends a result on `preferred` if it is up, else on any live connection (the gateway matches by call id). */
   sendResult(preferred: GatewayConn | undefined, type: MessageType, fullCallId: bigint, value: number, payload?: Buffer): boolean {
     const header = encodeGatewayHeader(type, fullCallId, payload?.length ?? 0, value);

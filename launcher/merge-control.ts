@@ -22,6 +22,8 @@ import koffi from 'koffi';
 const libc = koffi.load('libc.so.6');
 const tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const SIGURG = 23;
+/** How long a worker stays held waiting for the runtime's HELLO (calls to it queue meanwhile). */
+const HELD_HELLO_MS = 1500;
 
 export const MERGE_RUNTIME_LIBRARY = join(NATIVE_BUILD, 'libnightfuse_merge.so');
 export const MERGE_ENTRY = 'nightfuse_merge_start';
@@ -220,7 +222,7 @@ export class MergeControl {
    * One injection with the worker held out of dispatch. With no entry, the
    * runtime's constructor armed a SIGURG handler: the start signal goes to the
    * worker's main thread while it is still held (blocked in read(2)), and the
-   * hold lasts until the runtime says HELLO (or `helloMs` passes).
+   * hold lasts until the runtime says HELLO, at most HELD_HELLO_MS.
    */
   private async injectHeld(w: Worker, entry: string | undefined, hello: Promise<MergeSession | undefined>): Promise<{ report: InjectReport; session?: MergeSession }> {
     const release = await this.o.agent.hold(w);
@@ -232,8 +234,7 @@ export class MergeControl {
         entry, arg: entry ? this.socketPath : undefined, safeWaitMs: this.o.safeWaitMs ?? 50, timeoutMs: 5000,
       });
       if (report.ok && !entry) tgkill(w.pid, w.pid, SIGURG);
-      // Held at most 1.5 s: calls to this worker queue meanwhile.
-      if (report.ok) session = await Promise.race([hello, new Promise<undefined>((r) => setTimeout(r, 1500))]);
+      if (report.ok) session = await Promise.race([hello, new Promise<undefined>((r) => setTimeout(r, HELD_HELLO_MS))]);
     } finally {
       release();
     }
@@ -251,7 +252,7 @@ export class MergeControl {
    */
   private async doAttach(w: Worker, timeoutMs: number): Promise<MergeSession> {
     if (!w.pid || w.state === 'dead' || w.state === 'starting') throw new MergeError(`worker ${w.clientId} is not running`);
-    let r = await this.injectHeld(w, undefined, this.waitHello(w.clientId, Math.min(timeoutMs, 1500)));
+    let r = await this.injectHeld(w, undefined, this.waitHello(w.clientId, Math.min(timeoutMs, HELD_HELLO_MS)));
     if (!r.report.ok) {
       this.helloWaiters.delete(w.clientId);
       throw new MergeError(`injecting the merge runtime into worker ${w.clientId} (pid ${w.pid}) failed: ${r.report.error}`);

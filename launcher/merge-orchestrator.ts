@@ -126,10 +126,6 @@ export class MergeOrchestrator {
     return this.agent.config.byName.get(name);
   }
 
-  private callerWorkers(caller: string): Worker[] {
-    return this.agent.workersOf(caller).filter((w) => w.state === 'idle' || w.state === 'busy');
-  }
-
   /** Why a pair may not be merged now, or undefined. */
   private refusal(caller: string, callee: string, settings: PairSettings, sameGroup: boolean, manual: boolean): string | undefined {
     const a = this.fn(caller);
@@ -187,7 +183,7 @@ export class MergeOrchestrator {
     this.event('decision', p, reason, { action: 'merge', ...detail });
     // Every live worker of the caller (and of functions the caller runs merged in), including ones started meanwhile.
     await this.reconcile();
-    const own = new Set(this.callerWorkers(caller).map((w) => w.clientId));
+    const own = new Set(this.agent.readyWorkersOf(caller).map((w) => w.clientId));
     const ok = [...p.workers.entries()].filter(([id, x]) => x.ok && own.has(id)).length;
     if (ok === 0) {
       this.decisions.failed++;
@@ -224,7 +220,7 @@ export class MergeOrchestrator {
   }
 
   private targetsOf(p: PairState): Worker[] {
-    return [...this.hostsOf(p.caller)].flatMap((f) => this.callerWorkers(f));
+    return [...this.hostsOf(p.caller)].flatMap((f) => this.agent.readyWorkersOf(f));
   }
 
   /** Brings every pair to exactly its target workers. */

@@ -86,6 +86,10 @@ export class Worker {
   get pid(): number {
     return this.proc.pid;
   }
+  /** handshaken and alive: it can take calls (or is taking one) */
+  get ready(): boolean {
+    return this.state === 'idle' || this.state === 'busy';
+  }
 }
 
 export interface FunctionCounters {
@@ -216,7 +220,7 @@ export class NodeAgent {
 
   private readyCount(p: FunctionPool): number {
     let n = 0;
-    for (const w of p.workers.values()) if (w.state === 'idle' || w.state === 'busy') n++;
+    for (const w of p.workers.values()) if (w.ready) n++;
     return n;
   }
 
@@ -634,7 +638,7 @@ export class NodeAgent {
       return {
         funcName: p.entry.funcName,
         funcId: p.entry.funcId,
-        workers: ws.filter((w) => w.state === 'idle' || w.state === 'busy').length,
+        workers: ws.filter((w) => w.ready).length,
         idle: ws.filter((w) => w.state === 'idle').length,
         busy: ws.filter((w) => w.state === 'busy').length,
         starting: ws.filter((w) => w.state === 'starting').length,
@@ -643,6 +647,11 @@ export class NodeAgent {
         pids: ws.map((w) => w.pid).filter((x): x is number => x !== undefined),
       };
     });
+  }
+
+  /** The function's workers that can take calls. */
+  readyWorkersOf(funcName: string): Worker[] {
+    return this.workersOf(funcName).filter((w) => w.ready);
   }
 
   workersOf(funcName: string): Worker[] {

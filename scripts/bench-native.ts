@@ -31,7 +31,7 @@ export async function benchNative(injections = Number(process.env.BENCH_INJECTIO
   const stack = await startLocalStack(join(PACKAGE_ROOT, 'scripts', 'bench_func_config.json'));
   const lines: string[] = [];
   try {
-    const loopWorker = () => stack.agent.workersOf('Loop').find((w) => w.state === 'idle' || w.state === 'busy');
+    const loopWorker = () => stack.agent.readyWorkersOf('Loop')[0];
     await loopCall(stack.httpPort, 'Bar 2000'); // warm-up
     const ipc = await loopCall(stack.httpPort, 'Bar 20000');
     const rows: (string | number)[][] = [['worker IPC (not merged)', ipc.p50, ipc.p99, ipc.mean, '1.0×']];
