@@ -6,15 +6,9 @@
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, unlinkSync, writeSync, constants as C } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import koffi from 'koffi';
+import { lastErrno, libc } from './libc.js';
 
-const libc = koffi.load('libc.so.6');
 const mkfifoNative = libc.func('int mkfifo(const char *path, uint32_t mode)');
-const errnoLocation = libc.func('int *__errno_location(void)');
-
-function lastErrno(): number {
-  return koffi.decode(errnoLocation(), 'int') as number;
-}
 
 export class IpcRoot {
   readonly shmDir: string;

@@ -17,9 +17,8 @@ import {
 import { inject, type InjectReport } from './injector.js';
 import type { NodeAgent, Worker } from './node-agent.js';
 import { rmQuiet } from './ipc-files.js';
-import koffi from 'koffi';
+import { libc } from './libc.js';
 
-const libc = koffi.load('libc.so.6');
 const tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const SIGURG = 23;
 /** How long a worker stays held waiting for the runtime's HELLO (calls to it queue meanwhile). */

@@ -8,9 +8,8 @@
  * when the process exits) and reap them ourselves.
  */
 import net from 'node:net';
-import koffi from 'koffi';
+import { lastErrno, libc } from './libc.js';
 
-const libc = koffi.load('libc.so.6');
 const socketpair = libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)');
 const faInit = libc.func('int posix_spawn_file_actions_init(void *fa)');
 const faDestroy = libc.func('int posix_spawn_file_actions_destroy(void *fa)');
@@ -19,7 +18,6 @@ const faOpen = libc.func('int posix_spawn_file_actions_addopen(void *fa, int fd,
 const posixSpawn = libc.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
 const waitpidNative = libc.func('int waitpid(int pid, _Out_ int *status, int options)');
 const closeNative = libc.func('int close(int fd)');
-const errnoLocation = libc.func('int *__errno_location(void)');
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
@@ -69,7 +67,7 @@ export function tryReap(pid: number): ExitInfo | undefined {
 export function spawnProcess(o: SpawnOptions): SpawnedProcess {
   const sv = new Int32Array(2);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) !== 0) {
-    throw new Error(`socketpair failed (errno ${koffi.decode(errnoLocation(), 'int')})`);
+    throw new Error(`socketpair failed (errno ${lastErrno()})`);
   }
   const [ours, theirs] = [sv[0], sv[1]];
   const fa = Buffer.alloc(FA_SIZE);
