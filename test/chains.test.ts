@@ -2,7 +2,7 @@
 // under load; the function in another trust group never does.
 import t from 'tap';
 import { join } from 'node:path';
-import { post, ROOT, startStack, type Stack } from './helpers.js';
+import { loadLoop, post, ROOT, startStack, type Stack } from './helpers.js';
 
 const TOKEN = 'chains';
 let stack: Stack;
@@ -22,16 +22,7 @@ t.test('ComposePost -> Text -> UrlShorten -> UniqueId: the whole chain ends up i
   const input = 'hello @alice see https://example.com/x and @bob';
   const expected = (await post(stack.httpPort, '/function/ComposePost', input)).body.toString();
   t.match(expected, /^\{"post_id":"[0-9a-f]{16}","text":"hello @alice see https:\/\/nf\.io\/[0-9a-f]{8} and @bob\|mentions=alice,bob","storage":"stored:\d+:[0-9a-f]{8}"\}$/);
-  let stop = false;
-  const bad: string[] = [];
-  let ok = 0;
-  const loops = [0, 1].map(async () => {
-    while (!stop) {
-      const r = await post(stack.httpPort, '/function/ComposePost', input);
-      if (r.status === 200 && r.body.toString() === expected) ok++;
-      else bad.push(`${r.status} ${r.body.toString().slice(0, 80)}`);
-    }
-  });
+  const loop = loadLoop(stack.httpPort, '/function/ComposePost', () => input, () => expected, 2);
   // UniqueId is merged by whichever caller gets hot first (ComposePost or UrlShorten); either way it ends up local.
   const want = [['ComposePost', 'Text'], ['Text', 'UrlShorten'], ['Text', 'UserMention'], ['*', 'UniqueId']];
   const has = (m: any, a: string, b: string) => (a === '*' || m.caller === a) && m.callee === b && m.state === 'merged';
@@ -60,8 +51,7 @@ t.test('ComposePost -> Text -> UrlShorten -> UniqueId: the whole chain ends up i
   const b = await ipcCalls();
   t.equal(b.ipc, a.ipc, 'calls to Text, UrlShorten, UserMention and UniqueId no longer cross IPC');
   t.ok(b.storage > a.storage, 'ComposePost -> PostStorage still flows over IPC');
-  stop = true;
-  await Promise.all(loops);
-  t.same(bad, [], 'every response identical before, during and after the merges');
-  t.ok(ok > 100, `${ok} calls`);
+  await loop.stop();
+  t.same(loop.stats.bad, [], 'every response identical before, during and after the merges');
+  t.ok(loop.stats.ok > 100, `${loop.stats.ok} calls`);
 });

@@ -155,3 +155,25 @@ export function metricValue(text: string, name: string, labels: Record<string, s
   }
   return undefined;
 }
+
+/**
+ * Calls `path` continuously on `concurrency` lanes until stop(), checking
+ * every answer: stats.ok counts right answers, stats.bad describes the rest.
+ */
+export function loadLoop(port: number, path: string, input: (i: number) => string, expect: (i: number) => string, concurrency = 1) {
+  let stop = false;
+  const stats = { ok: 0, bad: [] as string[] };
+  const lane = async (k: number) => {
+    for (let i = k; !stop; i += concurrency) {
+      try {
+        const r = await post(port, path, input(i));
+        if (r.status === 200 && r.body.toString() === expect(i)) stats.ok++;
+        else stats.bad.push(`#${i}: ${r.status} ${r.body.toString().slice(0, 80)}`);
+      } catch (err) {
+        stats.bad.push(`#${i}: ${(err as Error).message}`);
+      }
+    }
+  };
+  const done = Promise.all(Array.from({ length: concurrency }, (_, k) => lane(k)));
+  return { stats, stop: async () => { stop = true; await done; } };
+}

@@ -7,7 +7,7 @@ import { inject } from '../launcher/injector.js';
 import { spawnProcess } from '../launcher/spawn.js';
 import type { Isolation } from '../proto/merge-wire.js';
 import { startLocalStack, type LocalStack } from '../launcher/local-stack.js';
-import { FIXTURE_CONFIG, post, waitFor } from './helpers.js';
+import { FIXTURE_CONFIG, loadLoop, post, waitFor } from './helpers.js';
 
 /**
  * A test target, started the way the launcher starts workers (posix_spawn, not
@@ -62,24 +62,6 @@ t.test('koffi binding: typed report, off the event loop', async (t) => {
   t.teardown(() => stat.stop());
   t.match((await inject(stat.pid, join(NATIVE_BUILD, 'libprobe.so'))).error, /statically linked/);
 });
-
-/** Sequential calls in a loop; every answer checked. */
-function loadLoop(port: number, path: string, input: (i: number) => string, expect: (i: number) => string) {
-  let stop = false;
-  const stats = { ok: 0, bad: [] as string[] };
-  const done = (async () => {
-    for (let i = 0; !stop; i++) {
-      try {
-        const r = await post(port, path, input(i));
-        if (r.status === 200 && r.body.toString() === expect(i)) stats.ok++;
-        else stats.bad.push(`#${i}: ${r.status} ${r.body.toString().slice(0, 80)}`);
-      } catch (err) {
-        stats.bad.push(`#${i}: ${(err as Error).message}`);
-      }
-    }
-  })();
-  return { stats, stop: async () => { stop = true; await done; } };
-}
 
 let stack: LocalStack;
 t.before(async () => {

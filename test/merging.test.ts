@@ -5,7 +5,7 @@ import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NATIVE_BUILD } from '../common/paths.js';
-import { CLI, metricValue, post, request, ROOT, startStack, startProcess, freePort, stopProcess, waitFor, type Stack } from './helpers.js';
+import { CLI, loadLoop, metricValue, post, request, ROOT, startStack, startProcess, freePort, stopProcess, waitFor, type Stack } from './helpers.js';
 
 const TOKEN = 'test-token-123';
 const dir = mkdtempSync(join(tmpdir(), 'nightfuse-merging-'));
@@ -51,24 +51,6 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
   });
 }
 
-function loadLoop(path: string, input: (i: number) => string, expect: (i: number) => string, concurrency = 2) {
-  let stop = false;
-  const stats = { ok: 0, bad: [] as string[] };
-  const one = async (k: number) => {
-    for (let i = k; !stop; i += concurrency) {
-      try {
-        const r = await post(stack.httpPort, path, input(i));
-        if (r.status === 200 && r.body.toString() === expect(i)) stats.ok++;
-        else stats.bad.push(`#${i}: ${r.status} ${r.body.toString().slice(0, 60)}`);
-      } catch (err) {
-        stats.bad.push(`#${i}: ${(err as Error).message}`);
-      }
-    }
-  };
-  const done = Promise.all(Array.from({ length: concurrency }, (_, k) => one(k)));
-  return { stats, stop: async () => { stop = true; await done; } };
-}
-
 const mergeOf = async (caller: string, callee: string) =>
   ((await admin('GET', '/merges')).data as any[]).find((m) => m.caller === caller && m.callee === callee);
 
@@ -82,7 +64,7 @@ t.test('admin API: refused without the token', async (t) => {
 });
 
 t.test('auto policy: under continuous load Bar is merged into every Foo worker; cooling unmerges; nothing lost', async (t) => {
-  const loop = loadLoop('/function/Foo', (i) => `auto-${i}`, (i) => `From function Bar: auto-${i}, World\n`);
+  const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `auto-${i}`, (i) => `From function Bar: auto-${i}, World\n`, 2);
   await waitFor(async () => {
     const m = await mergeOf('Foo', 'Bar');
     return m && m.state === 'merged' && m.workersMerged === m.workersTotal && m.workersTotal >= 2;
@@ -111,7 +93,7 @@ t.test('auto policy: under continuous load Bar is merged into every Foo worker; 
 
 t.test('manual merge and unmerge through the CLI, under load', async (t) => {
   // After the cooldown the auto rule may merge again; take it by hand.
-  const loop = loadLoop('/function/Foo', (i) => `man-${i}`, (i) => `From function Bar: man-${i}, World\n`, 1);
+  const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `man-${i}`, (i) => `From function Bar: man-${i}, World\n`, 1);
   const merged = await cli(['merge', 'Foo', 'Bar', '--isolation', 'inline', '--json']);
   t.equal(merged.code, 0, merged.stderr);
   const res = JSON.parse(merged.stdout);
@@ -193,7 +175,7 @@ t.test('an invalid policy reload is refused and the old policy stays', async (t)
 });
 
 t.test('a policy with never is respected under load', async (t) => {
-  const loop = loadLoop('/function/Foo', (i) => `nv-${i}`, (i) => `From function Bar: nv-${i}, World\n`);
+  const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `nv-${i}`, (i) => `From function Bar: nv-${i}, World\n`, 2);
   await new Promise((r) => setTimeout(r, 2500));
   t.equal(await mergeOf('Foo', 'Bar'), undefined, 'Foo->Bar never merged although hot');
   await loop.stop();
