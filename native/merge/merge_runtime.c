@@ -811,6 +811,12 @@ out:
   return NULL;
 }
 
+/* Before the control thread serves: fault handlers in place, the fault event fd open. */
+static void prepare_runtime(void) {
+  install_handlers();
+  if (g_event_fd < 0) g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
 /* Connects to the launcher and says HELLO; the socket, or -1. */
 static int connect_and_hello(const char* path) {
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -840,8 +846,7 @@ static int connect_and_hello(const char* path) {
 /* Started from the ELF constructor: connect on this thread, outside the injector's stopped window. */
 static void* autostart_thread(void* arg) {
   (void)arg;
-  install_handlers();
-  if (g_event_fd < 0) g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  prepare_runtime();
   for (int i = 0; i < 50; i++) {
     g_sock = connect_and_hello(g_socket_path);
     if (g_sock >= 0) return control_thread(NULL);
@@ -912,8 +917,7 @@ NF_EXPORT int nightfuse_merge_start(const char* socket_path) {
   if (!find_host()) return 2;
   if (!socket_path || strlen(socket_path) >= sizeof g_socket_path) return 4;
   snprintf(g_socket_path, sizeof g_socket_path, "%s", socket_path);
-  install_handlers();
-  if (g_event_fd < 0) g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  prepare_runtime();
   /* Connect here so a failure is reported to whoever called the entry. */
   g_sock = connect_and_hello(g_socket_path);
   if (g_sock < 0) return 5;
