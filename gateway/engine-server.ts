@@ -12,7 +12,7 @@
  */
 import net from 'node:net';
 import type { Logger } from '../common/log.js';
-import { encodeGatewayHeader, GatewayFrameReader, type GatewayMessage, MessageType, WireError } from '../proto/wire.js';
+import { encodeGatewayHeader, GatewayFrameReader, type GatewayMessage, MessageType, WireError, writeGatewayMessage } from '../proto/wire.js';
 
 export class EngineConn {
   constructor(readonly socket: net.Socket, readonly nodeId: number, readonly connId: number) {}
@@ -123,16 +123,7 @@ export class EngineServer {
   dispatch(node: Node, fullCallId: bigint, input: Buffer): boolean {
     const c = node.pickConn();
     if (!c) return false;
-    const header = encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, fullCallId, input.length);
-    if (input.length > 0) {
-      // One writev for header and input: one segment, one wake-up on the engine side.
-      c.socket.cork();
-      c.socket.write(header);
-      c.socket.write(input);
-      c.socket.uncork();
-    } else {
-      c.socket.write(header);
-    }
+    writeGatewayMessage(c.socket, encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, fullCallId, input.length), input);
     return true;
   }
 

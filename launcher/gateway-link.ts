@@ -11,6 +11,7 @@ import {
   GatewayFrameReader,
   type GatewayMessage,
   MessageType,
+  writeGatewayMessage,
 } from '../proto/wire.js';
 import type { Logger } from '../common/log.js';
 
@@ -40,17 +41,9 @@ class Conn implements GatewayConn {
   constructor(readonly connId: number, private readonly link: GatewayLink) {
     this.backoffMs = link.minBackoff;
   }
-  /** Header and payload leave in one writev (one segment, one wake-up for the gateway), without a copy. */
   write(header: Buffer, payload?: Buffer): boolean {
     if (!this.alive || !this.socket) return false;
-    if (payload && payload.length > 0) {
-      this.socket.cork();
-      this.socket.write(header);
-      this.socket.write(payload);
-      this.socket.uncork();
-    } else {
-      this.socket.write(header);
-    }
+    writeGatewayMessage(this.socket, header, payload);
     return true;
   }
 }

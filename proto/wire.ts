@@ -95,6 +95,21 @@ export function encodeGatewayMessage(m: Omit<GatewayMessage, 'nodeId' | 'connId'
   return Buffer.concat([encodeGatewayHeader(m.type, m.fullCallId, m.payload.length, m.value), m.payload]);
 }
 
+/**
+ * Writes a gateway-link message: header and payload leave in one writev (one
+ * TCP segment, one wake-up for the peer), without copying the payload.
+ */
+export function writeGatewayMessage(socket: { cork(): void; uncork(): void; write(b: Buffer): boolean }, header: Buffer, payload?: Buffer): void {
+  if (!payload || payload.length === 0) {
+    socket.write(header);
+    return;
+  }
+  socket.cork();
+  socket.write(header);
+  socket.write(payload);
+  socket.uncork();
+}
+
 /** Largest payload we accept on the gateway link (Nightcore: i32, buffered whole). */
 export const MAX_GATEWAY_PAYLOAD = 0x7fffffff;
 
