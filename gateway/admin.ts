@@ -21,7 +21,6 @@ import type { Logger } from '../common/log.js';
 import { DEFAULT_POLICY, loadPolicy, parsePolicy, type Policy, PolicyError } from '../common/policy.js';
 import type { MergeEventMsg } from '../proto/control.js';
 import type { ControlServer } from './control-server.js';
-import type { MetricFamily } from './metrics.js';
 import { collectBody } from '../common/body.js';
 
 export const ADMIN_PREFIX = '/admin/v1';
@@ -116,11 +115,13 @@ async function readBody(req: http.IncomingMessage): Promise<string> {
 }
 
 export class AdminApi {
-  readonly events: (MergeEventMsg & { node: number })[] = [];
+  readonly events: (MergeEventMsg & { node: number; seq: number })[] = [];
+  /** Event ids for GET events?since=<seq> (the CLI's follow cursor); they start from the clock so they keep growing across gateway restarts. */
+  private eventSeq = Date.now() * 1000;
 
   constructor(private readonly o: AdminOptions) {
     if (o.control) o.control.onMergeEvent = (node, e) => {
-      this.events.push({ ...e, node });
+      this.events.push({ ...e, node, seq: ++this.eventSeq });
       if (this.events.length > 500) this.events.shift();
     };
   }
@@ -163,7 +164,7 @@ export class AdminApi {
     if (m === 'GET' && head === 'nodes') return send(res, 200, this.nodes());
     if (m === 'GET' && head === 'edges') return send(res, 200, this.edges());
     if (m === 'GET' && head === 'merges' && !a) return send(res, 200, this.merges());
-    if (m === 'GET' && head === 'events') return send(res, 200, this.events.slice(-200));
+    if (m === 'GET' && head === 'events') return send(res, 200, this.eventsSince(req.url ?? ''));
     if (m === 'POST' && head === 'merges' && !a) return this.merge(req, res);
     if (m === 'DELETE' && head === 'merges' && a && b) return this.unmerge(res, a, b);
     if (head === 'policy') {
@@ -187,6 +188,12 @@ export class AdminApi {
     }
     req.resume();
     send(res, 404, { error: `no admin route ${m} ${ADMIN_PREFIX}${path}` });
+  }
+
+  /** The last 200 events, or with ?since=<seq> only those after that one. */
+  private eventsSince(url: string) {
+    const since = Number(new URL(url, 'http://gateway').searchParams.get('since') ?? NaN);
+    return (Number.isFinite(since) ? this.events.filter((e) => e.seq > since) : this.events).slice(-200);
   }
 
   private nodeStats() {
@@ -284,21 +291,5 @@ export class AdminApi {
 
   private unmerge(res: http.ServerResponse, caller: string, callee: string): Promise<void> {
     return this.onNodes(res, caller, { unmerge: { caller, callee } });
-  }
-
-  /** Merge metrics from the launchers' reports. */
-  metricFamilies(): MetricFamily[] {
-    const merges: MetricFamily = { name: 'nightfuse_merges', help: 'Merged callees: workers of the caller the merge is in force in', type: 'gauge', samples: [] };
-    const decisions: MetricFamily = { name: 'nightfuse_merge_decisions_total', help: 'Merge decisions taken by launchers, by kind', type: 'counter', samples: [] };
-    for (const n of this.nodeStats()) {
-      for (const m of n.stats?.merges ?? []) {
-        merges.samples.push({ labels: { node: n.hello.node_id, caller: m.caller, callee: m.callee, isolation: m.isolation, state: m.state }, value: m.workers_merged });
-      }
-      for (const [kind, v] of Object.entries(n.stats?.decisions ?? {})) decisions.samples.push({ labels: { node: n.hello.node_id, kind }, value: Number(v) });
-    }
-    const reloads: MetricFamily = { name: 'nightfuse_policy_reloads_total', help: 'Merge policy reloads, applied or refused', type: 'counter', samples: [
-      { labels: { result: 'ok' }, value: this.o.policy.reloads.ok }, { labels: { result: 'refused' }, value: this.o.policy.reloads.refused },
-    ] };
-    return [merges, decisions, reloads];
   }
 }

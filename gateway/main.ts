@@ -90,6 +90,7 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     running: () => dispatcher.runningCount - dispatcher.queuedCount,
     queued: () => dispatcher.queuedCount,
     nodes: () => engines.nodes.size,
+    functions: o.config.entries.map((e) => e.funcName),
   });
   let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
   const httpServer = createHttpFrontend({
@@ -108,7 +109,7 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     control.onAttach = (n) => n.stream.write({ command_id: 0, policy: { policy_json: policy.policy.text } });
   }
   const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log });
-  metrics.cluster = { nodeStats: () => control?.nodeStats() ?? new Map(), extra: () => admin.metricFamilies() };
+  metrics.cluster = { nodeStats: () => control?.nodeStats() ?? new Map(), policyReloads: () => policy.reloads };
   extra = admin.handle;
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);

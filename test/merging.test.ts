@@ -73,7 +73,7 @@ t.test('auto policy: under continuous load Bar is merged into every Foo worker; 
   t.equal(m.isolation, 'stack', 'isolation from the rule');
   await new Promise((r) => setTimeout(r, 1500));
   const metrics = (await request(stack.httpPort, 'GET', '/metrics')).body.toString();
-  t.ok((metricValue(metrics, 'nightfuse_merges', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 2, 'merge shows in metrics');
+  t.ok((metricValue(metrics, 'nightfuse_merge_workers', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 2, 'merge shows in metrics');
   t.ok((metricValue(metrics, 'nightfuse_edge_local_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0, 'local calls counted on the edge');
   t.ok((metricValue(metrics, 'nightfuse_merge_decisions_total', { kind: 'merge' }) ?? 0) >= 1, 'decision counted');
   const events = (await admin('GET', '/events')).data as any[];
