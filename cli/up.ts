@@ -5,11 +5,15 @@
  * dies.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
 import { parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
-import { randomBytes } from 'node:crypto';
+import { logFormat } from '../common/log.js';
+import { DEFAULT_POLICY, loadPolicy } from '../common/policy.js';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
+import { upHints } from './up-hints.js';
+import { newToken, readState, statePath, writeState } from './state.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
 
@@ -58,7 +62,19 @@ export async function runUp(argv: string[]): Promise<void> {
   // Validate the config here so a mistake is reported once, clearly.
   const config = loadFuncConfig(f.func_config_file);
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
-  if (!f.admin_token) f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN || randomBytes(12).toString('hex');
+  const policy = f.merge_policy_file ? loadPolicy(f.merge_policy_file) : DEFAULT_POLICY;
+  // The token: --admin_token, else NIGHTFUSE_ADMIN_TOKEN, else the state file's (made once), so exports survive restarts.
+  const stateFile = statePath();
+  let tokenNote = '';
+  if (!f.admin_token && process.env.NIGHTFUSE_ADMIN_TOKEN) {
+    f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN;
+    tokenNote = 'from NIGHTFUSE_ADMIN_TOKEN';
+  } else if (!f.admin_token) {
+    const { state, problem } = readState(stateFile);
+    if (problem) process.stderr.write(`nightfuse up: ${problem}\n`);
+    f.admin_token = state?.adminToken ?? newToken();
+    tokenNote = `${state ? 'reused from' : 'new, kept in'} ${stateFile}`;
+  } else tokenNote = 'from --admin_token';
   given.add('merge_policy_file');
   given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
@@ -88,8 +104,11 @@ export async function runUp(argv: string[]): Promise<void> {
   process.on('SIGINT', () => void stopAll(0));
   process.on('SIGTERM', () => void stopAll(0));
 
+  // Children log through us, line by line, so a log line never splits our own output.
+  const childEnv = { ...process.env, NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
   const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv });
+    createInterface({ input: c.stderr!, crlfDelay: Infinity }).on('line', (l) => process.stderr.write(`${l}\n`));
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {
@@ -108,26 +127,11 @@ export async function runUp(argv: string[]): Promise<void> {
       gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
     })]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
-    process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
-    if (!f.quiet) {
-      const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);
-      process.stdout.write(
-        [
-          '',
-          'Try it:',
-          plain ? `  curl -X POST -d Hello http://${gwHost}:${httpPort}/function/${plain.funcName}` : '',
-          `  curl http://${gwHost}:${httpPort}/metrics | grep nightfuse_edge`,
-          '',
-          `Watch Bar get merged into Foo's workers once Foo is hot (policy: ${f.merge_policy_file || 'built-in defaults'}):`,
-          `  export NIGHTFUSE_GATEWAY=http://${gwHost}:${httpPort} NIGHTFUSE_ADMIN_TOKEN=${f.admin_token}`,
-          `  for i in $(seq 3000); do curl -s -X POST -d Hi $NIGHTFUSE_GATEWAY/function/Foo > /dev/null; done &`,
-          '  npx nightfuse merges        # Foo <- Bar appears after a few seconds of load',
-          '  npx nightfuse edges         # localCalls grow: the calls no longer cross IPC',
-          'Stop with Ctrl-C.',
-          '',
-        ].filter((l) => l !== '').join('\n') + '\n',
-      );
-    }
+    const http = `http://${gwHost}:${httpPort}`;
+    if (!tokenNote.startsWith('from ')) writeState(stateFile, { adminToken: f.admin_token, gateway: http });
+    // One write: the ready line and the hints reach the terminal whole, never interleaved with a log line.
+    process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n` +
+      (f.quiet ? '' : upHints({ config, policy, policyFile: f.merge_policy_file, http, token: f.admin_token, tokenNote })));
   } catch (err) {
     process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
     await stopAll(1);
