@@ -4,9 +4,6 @@
  * line on stderr; NIGHTFUSE_DEBUG=1 adds the stack of an unexpected one.
  */
 import { CommanderError } from 'commander';
-import { ConfigError } from '../common/func-config.js';
-import { FlagError } from '../common/flags.js';
-import { PolicyError } from '../common/policy.js';
 import { CliError, EXIT, oneLine } from './exit.js';
 import { buildProgram, type ActionResult } from './program.js';
 
@@ -23,8 +20,10 @@ function exitWith(code: number): void {
 
 function describe(err: unknown): { message: string; code: number } {
   if (err instanceof CliError) return { message: err.message, code: err.exitCode };
-  if (err instanceof FlagError || err instanceof ConfigError) return { message: err.message, code: EXIT.USAGE };
-  if (err instanceof PolicyError) return { message: err.message, code: EXIT.FAILED };
+  // By name: importing these classes would load the policy schema (ajv) for every --help.
+  const name = (err as Error)?.name;
+  if (name === 'FlagError' || name === 'ConfigError') return { message: (err as Error).message, code: EXIT.USAGE };
+  if (name === 'PolicyError') return { message: (err as Error).message, code: EXIT.FAILED };
   const e = err as Error & { code?: string };
   const debug = process.env.NIGHTFUSE_DEBUG === '1' && e?.stack ? `\n${e.stack}` : '';
   return { message: `${e?.message ?? String(err)}${debug}`, code: EXIT.FAILED };

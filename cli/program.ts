@@ -49,10 +49,12 @@ const helpAlias = (args: string[]) => args.map((a) => (a === '-h' ? '--help' : a
  * commander usage error. Both are set before any subcommand exists, since
  * subcommands copy these settings when created.
  */
-export function buildProgram(run: (action: () => Promise<ActionResult>) => Promise<void>, usageError: (text: string) => void): Command {
+export function buildProgram(
+  run: (action: () => Promise<ActionResult>) => Promise<void>, usageError: (text: string) => void, writeOut?: (text: string) => void,
+): Command {
   const program = new Command('nightfuse')
     .exitOverride()
-    .configureOutput({ outputError: (str) => usageError(str) })
+    .configureOutput({ outputError: (str) => usageError(str), ...(writeOut ? { writeOut } : {}) })
     .description('Nightcore-compatible serverless gateway and node agent that merges hot function-to-function calls at run time.')
     .version(VERSION, '-V, --version', 'print the version')
     .helpOption('-h, --help', 'show help')

@@ -5,6 +5,7 @@
  * a callee) and a pair the policy may merge, caller -> callee, preferring an
  * explicit rule whose caller is the entry.
  */
+import { relative } from 'node:path';
 import type { FuncConfig } from '../common/func-config.js';
 import type { Policy } from '../common/policy.js';
 
@@ -57,14 +58,23 @@ export function upHints(o: UpHintInput): string {
   if (pair) {
     lines.push(
       '',
-      `Watch a merge happen (${o.policyFile || 'built-in policy'}, ${pair.rule}: ${pair.callee} may be merged into ${pair.caller}'s workers once the edge is hot):`,
-      `  npx nightfuse load ${pair.caller} -d 20     # latency per second, the merge event, the latency after`,
-      '  npx nightfuse events --follow       # in another terminal: the decision log with its reasons',
-      `  npx nightfuse edges --watch         # localCalls of ${pair.caller} -> ${pair.callee} grow: no more IPC`,
+      `Watch a merge happen (${shortPath(o.policyFile) || 'built-in policy'}, ${pair.rule}: ${pair.callee} may be merged into ${pair.caller}'s workers once the edge is hot):`,
+      ...[
+        [`npx nightfuse load ${pair.caller} -d 20`, 'latency per second, the merge event, the latency after'],
+        ['npx nightfuse events --follow', 'in another terminal: the decision log with its reasons'],
+        ['npx nightfuse edges --watch', `localCalls of ${pair.caller} -> ${pair.callee} grow: no more IPC`],
+      ].map(([cmd, why], _i, all) => `  ${cmd.padEnd(Math.max(...all.map((x) => x[0].length)))}   # ${why}`),
     );
   } else if (entry) {
     lines.push('', `No policy rule names a pair of these functions to merge; \`npx nightfuse load ${entry}\` puts ${entry} under load.`);
   }
   lines.push('Stop with Ctrl-C.', '');
   return lines.join('\n') + '\n';
+}
+
+/** A path relative to the working directory when it lies below it. */
+function shortPath(p: string): string {
+  if (!p) return p;
+  const r = relative(process.cwd(), p);
+  return r && !r.startsWith('..') ? r : p;
 }

@@ -76,12 +76,11 @@ export async function runUp(argv: string[]): Promise<void> {
     tokenNote = `${state ? 'reused from' : 'new, kept in'} ${stateFile}`;
   } else tokenNote = 'from --admin_token';
   given.add('merge_policy_file');
-  given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
   const pass = (keys: Set<string>, extra: Record<string, string | number | boolean>) => {
     const out: string[] = [];
     for (const [k, v] of Object.entries(f)) {
-      if (!keys.has(k)) continue;
+      if (!keys.has(k) || k === 'admin_token') continue; // the token goes by environment: argv is visible to every user in ps
       if (!given.has(k) && !['listen_addr', 'func_config_file', 'control_port'].includes(k)) continue;
       out.push(`--${k}=${v}`);
     }
@@ -105,9 +104,10 @@ export async function runUp(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void stopAll(0));
 
   // Children log through us, line by line, so a log line never splits our own output.
-  const childEnv = { ...process.env, NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
-  const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv });
+  const { NIGHTFUSE_ADMIN_TOKEN: _token, ...parentEnv } = process.env;
+  const childEnv = { ...parentEnv, NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
+  const start = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...childEnv, ...env } });
     createInterface({ input: c.stderr!, crlfDelay: Infinity }).on('line', (l) => process.stderr.write(`${l}\n`));
     children.push(c);
     c.on('exit', (code, sig) => {
@@ -119,7 +119,8 @@ export async function runUp(argv: string[]): Promise<void> {
     return c;
   };
   try {
-    const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})]);
+    // Only the gateway gets the token: the launcher's environment reaches every worker.
+    const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})], { NIGHTFUSE_ADMIN_TOKEN: f.admin_token });
     const m = await waitForLine(gw, /gateway ready http=(\S+):(\d+) grpc=\S+:(\d+) engine=\S+:(\d+) control=\S+:(-?\d+)/, 'gateway', 15000);
     const [, host, httpPort, grpcPort, enginePort, controlPort] = m;
     const gwHost = host === '0.0.0.0' ? '127.0.0.1' : host;

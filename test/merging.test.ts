@@ -59,8 +59,8 @@ t.test('admin API: refused without the token', async (t) => {
   t.equal((await admin('GET', '/status', undefined, 'wrong')).status, 401);
   t.equal((await admin('GET', '/status')).status, 200);
   const r = await cli(['merges', '--admin_token=wrong']);
-  t.equal(r.code, 1, 'CLI exits non-zero on refusal');
-  t.match(r.stderr, /refused \(HTTP 401\)/);
+  t.equal(r.code, 3, 'CLI exits 3 when the token is refused');
+  t.match(r.stderr, /refused the admin token \(HTTP 401\)/);
 });
 
 t.test('auto policy: under continuous load Bar is merged into every Foo worker; cooling unmerges; nothing lost', async (t) => {
