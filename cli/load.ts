@@ -66,8 +66,8 @@ export async function runLoad(fn: string, o: LoadOptions): Promise<number> {
   const matches = o.expect !== undefined && !o.expect.endsWith('\n')
     ? (body: string) => body === expected || (body.endsWith('\n') && body.slice(0, -1) === expected)
     : (body: string) => body === expected;
-  const out = process.stderr; // the live view; stdout gets the summary
-  const tty = out.isTTY === true && !o.json;
+  const out = process.stderr; // the live view; stdout gets the summary (or its JSON)
+  const tty = out.isTTY === true;
 
   const t0 = Date.now();
   const segments: Segment[] = [{ label: 'whole run', startMs: t0, endMs: t0, hist: new LatencyHistogram(), errors: 0, wrong: 0 }];
@@ -81,7 +81,6 @@ export async function runLoad(fn: string, o: LoadOptions): Promise<number> {
 
   let barShown = false;
   const say = (line: string) => {
-    if (o.json) return;
     out.write(`${barShown ? '\r\x1b[K' : ''}${line}\n`);
     barShown = false;
   };
@@ -109,7 +108,7 @@ export async function runLoad(fn: string, o: LoadOptions): Promise<number> {
       }
     })()
     : Promise.resolve();
-  if (!o.json) {
+  {
     out.write(`Loading ${fn} at ${url}: ${o.connections} connection(s) for ${o.duration} s; answers checked against ${o.expect !== undefined ? '--expect' : 'the first answer'}` +
       `${g.token && o.events !== false ? '; merge events shown as they happen' : ''}\n`);
   }
