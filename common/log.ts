@@ -27,7 +27,7 @@ export function createLogger(component: string, fields: Record<string, unknown> 
     // In-process and synchronous: a terminal reader wants lines in order, and volume is low.
     const stream = pretty({
       destination: 2, sync: true, colorize: process.stderr.isTTY === true || process.env.FORCE_COLOR !== undefined,
-      translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname', messageFormat: '{component}: {msg}',
+      translateTime: 'SYS:HH:MM:ss.l', ignore: 'hostname,component', messageFormat: '{component}: {msg}',
     });
     return pino({ level, base }, stream);
   }
