@@ -9,6 +9,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
 import { parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
+import { randomBytes } from 'node:crypto';
 import { logFormat } from '../common/log.js';
 import { DEFAULT_POLICY, loadPolicy } from '../common/policy.js';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
@@ -16,6 +17,8 @@ import { upHints } from './up-hints.js';
 import { newToken, readState, statePath, writeState } from './state.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
+import { resolveClusterToken } from '../common/cluster-auth.js';
+import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -28,8 +31,10 @@ const UP_FLAGS = {
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
-const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS));
-const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS));
+/** The cluster token reaches both children through the environment, never argv (visible to every user in ps). */
+const TOKEN_KEYS = ['cluster_token', 'cluster_token_file'];
+const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
+const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
 
 function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: number): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
@@ -75,6 +80,8 @@ export async function runUp(argv: string[]): Promise<void> {
     f.admin_token = state?.adminToken ?? newToken();
     tokenNote = `${state ? 'reused from' : 'new, kept in'} ${stateFile}`;
   } else tokenNote = 'from --admin_token';
+  // Our own processes authenticate each other: a token of our own unless the operator gave one.
+  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
   const pass = (keys: Set<string>, extra: Record<string, string | number | boolean>) => {
@@ -98,6 +105,12 @@ export async function runUp(argv: string[]): Promise<void> {
       c.kill('SIGTERM');
       setTimeout(() => c.kill('SIGKILL'), 5000).unref();
     })));
+    // Whatever way the launcher ended, its IPC root goes (only if it is one: removeIpcRoot checks).
+    try {
+      removeIpcRoot(f.root_path_for_ipc);
+    } catch (err) {
+      process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    }
     process.exit(code);
   };
   process.on('SIGINT', () => void stopAll(0));
@@ -105,7 +118,7 @@ export async function runUp(argv: string[]): Promise<void> {
 
   // Children log through us, line by line, so a log line never splits our own output.
   const { NIGHTFUSE_ADMIN_TOKEN: _token, ...parentEnv } = process.env;
-  const childEnv = { ...parentEnv, NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
+  const childEnv = { ...parentEnv, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
   const start = (args: string[], env: NodeJS.ProcessEnv = {}) => {
     const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...childEnv, ...env } });
     createInterface({ input: c.stderr!, crlfDelay: Infinity }).on('line', (l) => process.stderr.write(`${l}\n`));

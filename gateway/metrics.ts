@@ -18,6 +18,8 @@ export interface ClusterView {
   nodeStats(): Map<number, Stats>;
   /** merge policy reloads at the gateway */
   policyReloads?(): { ok: number; refused: number };
+  /** more families rendered at scrape time (the cluster links' counters) */
+  extra?(): MetricFamily[];
 }
 
 type Labels = Record<string, string | number>;
@@ -198,7 +200,7 @@ export class GatewayMetrics {
       r.samples.push({ labels: { result: 'ok' }, value: reloads.ok }, { labels: { result: 'refused' }, value: reloads.refused });
       fams.push(r);
     }
-    return fams;
+    return [...fams, ...(this.cluster?.extra?.() ?? [])];
   }
 
   async render(): Promise<string> {
