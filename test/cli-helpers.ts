@@ -1,9 +1,9 @@
 /** Running `nightfuse` as a real process in the CLI tests, with a state folder of its own. */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI } from './helpers.js';
+import { CLI, post, startStack, type Stack } from './helpers.js';
 
 export interface CliRun {
   code: number;
@@ -36,6 +36,11 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv) {
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   return {
     out,
+    /** Waits for the process to end by itself. */
+    async done(): Promise<CliRun> {
+      const code = await exited;
+      return { code: code ?? -1, ...out };
+    },
     async stop(signal: NodeJS.Signals = 'SIGINT'): Promise<CliRun> {
       child.kill(signal);
       const t = setTimeout(() => child.kill('SIGKILL'), 5000);
@@ -50,4 +55,31 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv) {
 export function oneErrorLine(stderr: string): boolean {
   const lines = stderr.split('\n').filter(Boolean);
   return lines.length === 1 && !/\n\s+at |^\s+at /m.test(stderr);
+}
+
+export const CLI_TOKEN = 'cli-stack-test-token-0123';
+
+/**
+ * A stack for the CLI tests: manual merges only (no edge gets hot enough for auto, none cools a
+ * merge down), debug logs, some Foo -> Bar traffic; `env` points the CLI at it.
+ */
+export async function cliStack(): Promise<{ stack: Stack; env: NodeJS.ProcessEnv; policy: string; cleanup: () => Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'nightfuse-cli-stack-'));
+  const state = isolatedState();
+  const policy = join(dir, 'policy.yaml');
+  writeFileSync(policy, 'defaults: { mode: auto, isolation: stack, minCallsPerSec: 1000000000, unmergeBelowCallsPerSec: 0 }\n');
+  const stack = await startStack({
+    gatewayFlags: [`--merge_policy_file=${policy}`], launcherFlags: ['--merge_tick_ms=200'],
+    env: { NIGHTFUSE_ADMIN_TOKEN: CLI_TOKEN, NIGHTFUSE_LOG_LEVEL: 'debug' },
+  });
+  for (let i = 0; i < 20; i++) await post(stack.httpPort, '/function/Foo', `warm-${i}`);
+  return {
+    stack, policy,
+    env: { ...state.env, NIGHTFUSE_GATEWAY: `http://127.0.0.1:${stack.httpPort}`, NIGHTFUSE_ADMIN_TOKEN: CLI_TOKEN },
+    async cleanup() {
+      await stack.stop();
+      rmSync(dir, { recursive: true, force: true });
+      state.cleanup();
+    },
+  };
 }
