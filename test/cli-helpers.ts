@@ -83,3 +83,21 @@ export async function cliStack(): Promise<{ stack: Stack; env: NodeJS.ProcessEnv
     },
   };
 }
+
+export interface CliStackContext {
+  stack: Stack;
+  env: NodeJS.ProcessEnv;
+  policy: string;
+}
+
+/** Registers a cliStack() for the test file (before/teardown); the returned context is filled in before the first test. */
+export function useCliStack(tap: { before(f: () => Promise<void>): void; teardown(f: () => Promise<void>): void }, ready?: (c: CliStackContext) => Promise<void>): CliStackContext {
+  const ctx = {} as CliStackContext;
+  tap.before(async () => {
+    const s = await cliStack();
+    Object.assign(ctx, { stack: s.stack, env: s.env, policy: s.policy });
+    tap.teardown(s.cleanup);
+    await ready?.(ctx);
+  });
+  return ctx;
+}
