@@ -28,6 +28,8 @@ export class ControlClient {
   private retry: NodeJS.Timeout | undefined;
   private backoff = 100;
   private stopped = false;
+  /** the gateway has spoken on the current stream (deploy: readiness; issue 7 replaces this with its Welcome) */
+  private heard = false;
 
   constructor(private readonly o: ControlClientOptions) {}
 
@@ -68,8 +70,10 @@ export class ControlClient {
     if (this.stopped || !this.client) return;
     const call = (this.client as unknown as { Attach(): grpc.ClientDuplexStream<NodeReport, GatewayCommand> }).Attach();
     this.call = call;
+    this.heard = false;
     let up = false;
     call.on('data', (cmd: GatewayCommand) => {
+      if (this.call === call) this.heard = true;
       if (!up) {
         up = true;
         this.backoff = 100;
@@ -79,6 +83,7 @@ export class ControlClient {
     const retry = (why: string) => {
       if (this.call !== call) return;
       this.call = undefined;
+      this.heard = false;
       clearInterval(this.timer);
       if (this.stopped) return;
       this.o.log.debug({ why, backoffMs: this.backoff }, 'control plane detached; retrying');
@@ -105,5 +110,22 @@ export class ControlClient {
     clearTimeout(this.retry);
     this.call?.end();
     this.client?.close();
+  }
+
+  // ---- deploy (issue 11): thin stand-ins until issue 7's control plane lands; the lead replaces them when merging.
+
+  /** Attached: the gateway has answered on the current stream. */
+  get attached(): boolean {
+    return this.call !== undefined && this.heard;
+  }
+
+  /**
+   * Tells the gateway this node is leaving, so it dispatches nothing more here.
+   * The drain report is issue 7's message (proto/control.proto, not on main
+   * yet): until it exists there is nothing to send, so this refuses, and the
+   * launcher drains as it would behind a gateway without a control plane.
+   */
+  announceDrain(): Promise<void> {
+    return Promise.reject(new Error('this control plane has no drain report yet (issue 7)'));
   }
 }
