@@ -12,6 +12,8 @@ import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
+import { resolveClusterToken } from '../common/cluster-auth.js';
+import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -24,8 +26,10 @@ const UP_FLAGS = {
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
-const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS));
-const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS));
+/** The cluster token reaches both children through the environment, never argv (visible to every user in ps). */
+const TOKEN_KEYS = ['cluster_token', 'cluster_token_file'];
+const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
+const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
 
 function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: number): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
@@ -62,6 +66,8 @@ export async function runUp(argv: string[]): Promise<void> {
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
   f.admin_token = secretFlag(parsed, 'admin_token') || randomBytes(12).toString('hex');
   given.delete('admin_token_file'); // read here: the gateway gets the token itself
+  // Our own processes authenticate each other: a token of our own unless the operator gave one.
+  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
@@ -88,13 +94,19 @@ export async function runUp(argv: string[]): Promise<void> {
       c.kill(signal);
       setTimeout(() => c.kill('SIGKILL'), graceMs).unref();
     })));
+    // Whatever way the launcher ended, its IPC root goes (only if it is one: removeIpcRoot checks).
+    try {
+      removeIpcRoot(f.root_path_for_ipc);
+    } catch (err) {
+      process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    }
     process.exit(code);
   };
   process.on('SIGINT', () => void stopAll(0, 'SIGINT'));
   process.on('SIGTERM', () => void stopAll(0, 'SIGTERM'));
 
   const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '' } });
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {

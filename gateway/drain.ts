@@ -19,13 +19,9 @@ import type { Logger } from '../common/log.js';
 import type { Dispatcher } from './dispatcher.js';
 import type { EngineServer, Node } from './engine-server.js';
 
-/**
- * Nodes that may be given calls. `draining` is the flag issue 7's control
- * plane sets when a launcher announces its drain; until a Node has it, every
- * connected node counts.
- */
+/** Nodes that may be given calls (a launcher that announced its drain may not). */
 function serving(n: Node): boolean {
-  return n.conns.length > 0 && !('draining' in n && n.draining === true);
+  return n.conns.length > 0 && !n.draining;
 }
 
 export class GatewayDrain {

@@ -16,6 +16,7 @@ import type { GatewayCommand, NodeReport } from '../proto/control.js';
 import type { Isolation } from '../proto/merge-wire.js';
 import { createProbeServer, listenOn } from '../common/lifecycle.js';
 import { LauncherDrain } from './drain.js';
+import { newInstanceId, resolveClusterToken } from '../common/cluster-auth.js';
 
 export const LAUNCHER_FLAGS = {
   gateway_addr: { type: 'string', default: '127.0.0.1', help: 'gateway host (engine flag)' },
@@ -38,6 +39,9 @@ export const LAUNCHER_FLAGS = {
   probe_port: { type: 'int', default: 0, help: 'HTTP port for /healthz and /readyz (0: no probe port)', min: 0, max: 65535 },
   probe_addr: { type: 'string', default: '127.0.0.1', help: 'address of the probe port' },
   drain_timeout_ms: { type: 'int', default: 25000, help: 'on SIGTERM: leave dispatch, wait this long for the calls in flight, then exit', min: 0 },
+  cluster_token: { type: 'string', default: '', help: "the gateway's cluster token (or NIGHTFUSE_CLUSTER_TOKEN); without one the launcher speaks Nightcore's plain handshake" },
+  cluster_token_file: { type: 'string', default: '', help: 'read the cluster token from this file' },
+  cluster_auth_timeout_ms: { type: 'int', default: 5000, help: 'the gateway must admit a connection within this', min: 100 },
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
@@ -60,6 +64,9 @@ export async function runLauncher(argv: string[]): Promise<void> {
   if (f.func_worker_use_engine_socket) throw new Error('--func_worker_use_engine_socket is not supported: workers use FIFOs');
   if (f.use_fifo_for_nested_call) throw new Error('--use_fifo_for_nested_call is not supported: nested results come back over the worker FIFOs');
   const config = loadFuncConfig(f.func_config_file);
+  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file);
+  // Who this process is, on both links: a restarted launcher is a new instance.
+  const instance = newInstanceId();
   const agent = new NodeAgent({
     config,
     ipcRoot: f.root_path_for_ipc,
@@ -78,6 +85,9 @@ export async function runLauncher(argv: string[]): Promise<void> {
       else agent.sendToGateway(conn, MessageType.FUNC_CALL_FAILED, m.fullCallId, 0);
     },
     onConnected: () => drain.engineConnected(),
+    token: clusterToken,
+    instance,
+    authTimeoutMs: f.cluster_auth_timeout_ms,
   });
   agent.sendToGateway = (conn, type, id, value, payload) => {
     drain.answered(id);
@@ -91,9 +101,12 @@ export async function runLauncher(argv: string[]): Promise<void> {
     agent, log, onFault: (sess, fault) => orchestrator.onFault(sess.worker.clientId, fault.callee, fault.signal),
     callerOf: (clientId, callee) => orchestrator.callerOf(clientId, callee),
   });
-  const sendEvent = (e: MergeEvent) => control?.send({
-    merge_event: { at_ms: e.atMs, kind: e.kind, caller: e.caller, callee: e.callee, isolation: e.isolation, reason: e.reason, detail_json: JSON.stringify(e.detail) },
-  });
+  const sendEvent = (e: MergeEvent) => {
+    control?.send({
+      merge_event: { at_ms: e.atMs, kind: e.kind, caller: e.caller, callee: e.callee, isolation: e.isolation, reason: e.reason, detail_json: JSON.stringify(e.detail) },
+    });
+    control?.sendStats(); // the admin view follows every merge event at once
+  };
   const orchestrator: MergeOrchestrator = new MergeOrchestrator(agent, merge, log, sendEvent);
   orchestrator.enabled = f.merging;
   if (f.merge_policy_file) orchestrator.setPolicy(loadPolicy(f.merge_policy_file));
@@ -130,6 +143,8 @@ export async function runLauncher(argv: string[]): Promise<void> {
   control = f.control_port > 0
     ? new ControlClient({
       host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log, onCommand,
+      token: clusterToken, instance, authTimeoutMs: f.cluster_auth_timeout_ms,
+      onGatewaySilent: () => link.reconnectAll('gateway silent on the control plane'),
       extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError }),
     })
     : undefined;

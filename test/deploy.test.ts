@@ -24,16 +24,9 @@ const DEPLOY = join(ROOT, 'deploy');
 const K8S = join(DEPLOY, 'kubernetes');
 /** Where the image puts the package (deploy/Dockerfile). */
 const IMAGE_ROOT = '/opt/nightfuse/';
-/**
- * Flags issue 7 (cluster authentication) adds to gateway and launcher; the
- * deploy files already pass the cluster token. Variables for flags a command
- * does not have are ignored, so this is harmless before the merge; remove the
- * entry once the flag is in GATEWAY_FLAGS/LAUNCHER_FLAGS.
- */
-const ISSUE7_FLAGS = ['cluster_token_file'];
 const FLAGS: Record<'gateway' | 'launcher', Set<string>> = {
-  gateway: new Set([...Object.keys(GATEWAY_FLAGS), ...ISSUE7_FLAGS].map(envName)),
-  launcher: new Set([...Object.keys(LAUNCHER_FLAGS), ...ISSUE7_FLAGS].map(envName)),
+  gateway: new Set(Object.keys(GATEWAY_FLAGS).map(envName)),
+  launcher: new Set(Object.keys(LAUNCHER_FLAGS).map(envName)),
 };
 
 function walk(dir: string): string[] {
