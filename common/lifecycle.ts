@@ -7,6 +7,7 @@
  * "stop taking new work, finish what is in flight, up to a deadline".
  */
 import http from 'node:http';
+import type net from 'node:net';
 import type { Logger } from './log.js';
 
 export interface Readiness {
@@ -71,7 +72,7 @@ export function createProbeServer(ready: () => Readiness, log: Logger): http.Ser
 }
 
 /** Listens on host:port; resolves with the port (for port 0). */
-export function listenOn(server: http.Server, host: string, port: number): Promise<number> {
+export function listenOn(server: net.Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host, port, backlog: 64 }, () => {

@@ -12,6 +12,7 @@ import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
 import { GatewayDrain } from './drain.js';
+import { listenOn } from '../common/lifecycle.js';
 import { AddressAllowList, isLoopbackAddress, resolveClusterToken } from '../common/cluster-auth.js';
 import { DesiredState } from './desired-state.js';
 import { clusterFamilies } from './cluster-metrics.js';
@@ -82,16 +83,6 @@ export interface RunningGateway {
   stop(): Promise<void>;
 }
 
-function listen(server: http.Server | import('node:http2').Http2Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port, backlog: 64 }, () => {
-      const a = server.address();
-      resolve(typeof a === 'object' && a ? a.port : port);
-    });
-  });
-}
-
 export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const maxBody = o.maxBodyBytes > 0 ? o.maxBodyBytes : 0x7fffffff;
   let dispatcher!: Dispatcher;
@@ -159,8 +150,8 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   };
   extra = admin.handle;
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
-  const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
-  const grpcPort = await listen(grpcServer, o.listenAddr, o.grpcPort);
+  const httpPort = await listenOn(httpServer, o.listenAddr, o.httpPort);
+  const grpcPort = await listenOn(grpcServer, o.listenAddr, o.grpcPort);
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
     engines, dispatcher, control, metrics, http: httpServer, policy, admin, drain,
