@@ -53,6 +53,21 @@ function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: n
   });
 }
 
+/** Ready means callable: the launcher's connections have been admitted by the gateway. */
+async function waitForNode(host: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const text = await (await fetch(`http://${host}:${port}/metrics`)).text();
+      if (/^nightfuse_gateway_connected_nodes [1-9]/m.test(text)) return;
+    } catch {
+      /* not yet */
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the launcher did not connect to the gateway within ${timeoutMs} ms; see its log above`);
+}
+
 export async function runUp(argv: string[]): Promise<void> {
   if (argv.includes('--help')) {
     process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS, { env: true })}\n`);
@@ -125,6 +140,7 @@ export async function runUp(argv: string[]): Promise<void> {
       gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
     })]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
+    await waitForNode(gwHost, Number(httpPort), 10000);
     process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
     if (!f.quiet) {
       const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);
