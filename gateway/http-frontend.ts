@@ -64,7 +64,7 @@ export interface HttpFrontendOptions {
   log: Logger;
   maxBodyBytes: number;
   /** other routes (admin API, …): return true when handled */
-  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean;
+  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean;
 }
 
 export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
@@ -97,7 +97,7 @@ function splitTarget(url: string): { path: string; query: string } {
 function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
   const { path, query } = splitTarget(req.url ?? '/');
   const method = req.method ?? '';
-  if (o.extraRoutes?.(req, res, path)) return;
+  if (o.extraRoutes?.(req, res, path, query)) return;
   if (method === 'GET' && path === '/metrics') {
     void o.metrics.render().then((text) => sendPlain(res, 200, text, 'text/plain; version=0.0.4'));
     return;

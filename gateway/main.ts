@@ -11,6 +11,7 @@ import { createHttpFrontend } from './http-frontend.js';
 import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
+import { ConsoleServer } from './console-server.js';
 
 export const GATEWAY_FLAGS = {
   listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
@@ -91,10 +92,10 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     queued: () => dispatcher.queuedCount,
     nodes: () => engines.nodes.size,
   });
-  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
+  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean) | undefined;
   const httpServer = createHttpFrontend({
     config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
-    extraRoutes: (req, res, path) => extra?.(req, res, path) ?? false,
+    extraRoutes: (req, res, path, query) => extra?.(req, res, path, query) ?? false,
   });
   const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody });
   let control: ControlServer | undefined;
@@ -107,9 +108,10 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     controlPort = await control.listen(o.listenAddr, o.controlPort);
     control.onAttach = (n) => n.stream.write({ command_id: 0, policy: { policy_json: policy.policy.text } });
   }
-  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log });
+  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, engines, policy, log: o.log });
+  const consoleUi = new ConsoleServer();
   metrics.cluster = { nodeStats: () => control?.nodeStats() ?? new Map(), extra: () => admin.metricFamilies() };
-  extra = admin.handle;
+  extra = (req, res, path, query) => admin.handle(req, res, path, query) || consoleUi.handle(req, res, path);
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
   const grpcPort = await listen(grpcServer, o.listenAddr, o.grpcPort);
@@ -118,6 +120,7 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     engines, dispatcher, control, metrics, http: httpServer, policy, admin,
     async stop() {
       policy.close();
+      admin.close();
       dispatcher.failAll();
       httpServer.closeAllConnections?.();
       await Promise.all([
