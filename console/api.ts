@@ -43,7 +43,10 @@ export interface ApiResult {
   data: any;
 }
 
-/** One admin call; throws AuthError on 401/403 (the token was refused). */
+/** Called when the gateway refuses the token (401/403) on any call. */
+export const refused: { handler: ((status: number, why: string) => void) | undefined } = { handler: undefined };
+
+/** One admin call; on 401/403 (the token was refused) tells `refused.handler` and throws AuthError. */
 export async function call(method: string, path: string, body?: string): Promise<ApiResult> {
   const r = await fetch(API + path, {
     method, body, cache: 'no-store', credentials: 'omit',
@@ -56,7 +59,10 @@ export async function call(method: string, path: string, body?: string): Promise
   } catch {
     data = { error: text || r.statusText };
   }
-  if (r.status === 401 || r.status === 403) throw new AuthError(r.status, data.error ?? r.statusText);
+  if (r.status === 401 || r.status === 403) {
+    refused.handler?.(r.status, data.error ?? r.statusText);
+    throw new AuthError(r.status, data.error ?? r.statusText);
+  }
   return { status: r.status, data };
 }
 

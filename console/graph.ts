@@ -19,7 +19,7 @@ const STYLE: cytoscape.StylesheetJson = [
     style: {
       shape: 'round-rectangle', 'background-color': '#1f2d3a', 'border-width': 2, 'border-color': '#4fb3bf',
       label: 'data(label)', color: '#e6edf3', 'font-size': 11, 'text-wrap': 'wrap', 'text-valign': 'center', 'text-halign': 'center',
-      width: 130, height: 52, 'font-family': 'system-ui, sans-serif',
+      width: 'data(w)', height: 52, 'font-family': 'system-ui, sans-serif',
     },
   },
   { selector: 'node.idle', style: { 'border-color': '#56636f', color: '#8b98a5' } },
@@ -67,10 +67,8 @@ export class Graph {
       });
       for (const f of shown) {
         const id = `fn:${f.name}`;
-        const data = {
-          id, name: f.name, fn: f,
-          label: `${f.name}\n${f.workers} worker${f.workers === 1 ? '' : 's'} · ${fmt.rate(f.callsPerSec)}/s${f.failures ? ` · ${f.failures} failed` : ''}`,
-        };
+        const label = `${f.name}\n${f.workers} worker${f.workers === 1 ? '' : 's'} · ${fmt.rate(f.callsPerSec)}/s${f.failures ? ` · ${f.failures} failed` : ''}`;
+        const data = { id, name: f.name, fn: f, label, w: Math.max(120, 7 * Math.max(...label.split('\n').map((l) => l.length)) + 20) };
         const n = cy.getElementById(id);
         if (n.empty()) cy.add({ group: 'nodes', data });
         else n.data(data);
@@ -96,7 +94,7 @@ export class Graph {
       this.shape = shape;
       cy.layout({
         name: 'elk', fit: true, padding: 30, animate: false,
-        elk: { algorithm: 'layered', 'elk.direction': 'RIGHT', 'elk.spacing.nodeNode': 40, 'elk.layered.spacing.nodeNodeBetweenLayers': 110 },
+        elk: { algorithm: 'layered', 'elk.direction': 'RIGHT', 'elk.spacing.nodeNode': 40, 'elk.layered.spacing.nodeNodeBetweenLayers': 180 },
       } as cytoscape.LayoutOptions).run();
     }
   }

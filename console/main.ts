@@ -4,7 +4,7 @@
  * actions behind the admin token.
  */
 import './style.css';
-import { AuthError, openStream, takeTokenFromFragment, token } from './api.js';
+import { openStream, refused, takeTokenFromFragment, token } from './api.js';
 import { $ } from './dom.js';
 import { Graph } from './graph.js';
 import { pairs, type Snapshot } from './model.js';
@@ -47,9 +47,7 @@ function onSnapshot(s: Snapshot): void {
   renderNodes(s.nodes);
   renderMergeForm(s);
   $('updated').textContent = `updated ${new Date(s.at).toLocaleTimeString()}`;
-  policy!.follow(s.policy).catch((err: unknown) => {
-    if (err instanceof AuthError) showLogin(`The admin token was refused (HTTP ${err.status}): ${err.message}`);
-  });
+  policy!.follow(s.policy).catch(() => undefined); // a refusal is handled by refused.handler; the next snapshot retries
 }
 
 function connect(): void {
@@ -78,7 +76,14 @@ function connect(): void {
 }
 
 function boot(): void {
+  refused.handler = (status, why) => showLogin(`The admin token was refused (HTTP ${status}): ${why}`);
   takeTokenFromFragment();
+  // A console link opened in a tab that already shows the console changes only the fragment.
+  window.addEventListener('hashchange', () => {
+    if (!/token=/.test(location.hash)) return;
+    takeTokenFromFragment();
+    if (token.get()) connect();
+  });
   wireMergeForm();
   ($('login-form') as HTMLFormElement).addEventListener('submit', (ev) => {
     ev.preventDefault();

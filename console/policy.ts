@@ -11,6 +11,7 @@ const DEBOUNCE_MS = 300;
 
 export class PolicyEditor {
   private loadedAt = '';
+  private fetching = false;
   private serverText = '';
   private timer: number | undefined;
   private checkSeq = 0;
@@ -20,11 +21,11 @@ export class PolicyEditor {
   constructor() {
     this.text.addEventListener('input', () => {
       clearTimeout(this.timer);
-      this.timer = window.setTimeout(() => void this.validate(), DEBOUNCE_MS);
+      this.timer = window.setTimeout(() => void this.validate().catch((err: Error) => this.show('error', `cannot check: ${err.message}`)), DEBOUNCE_MS);
     });
     $('policy-revert').addEventListener('click', () => {
       this.text.value = this.serverText;
-      void this.validate();
+      void this.validate().catch((err: Error) => this.show('error', `cannot check: ${err.message}`));
     });
     $('policy-apply').addEventListener('click', () => void this.apply());
   }
@@ -35,10 +36,16 @@ export class PolicyEditor {
 
   /** Called with every snapshot's policy summary: fetches the policy when it changed. */
   async follow(summary: { loadedAt: string }): Promise<void> {
-    if (summary.loadedAt === this.loadedAt) return;
-    this.loadedAt = summary.loadedAt;
-    const r = await call('GET', '/policy');
+    if (summary.loadedAt === this.loadedAt || this.fetching) return;
+    this.fetching = true;
+    let r: Awaited<ReturnType<typeof call>>;
+    try {
+      r = await call('GET', '/policy');
+    } finally {
+      this.fetching = false;
+    }
     if (r.status !== 200) return;
+    this.loadedAt = summary.loadedAt;
     const p = r.data as { source: string; loadedAt: string; lastError: string; text: string; effective: unknown; reloads: { ok: number; refused: number } };
     const wasDirty = this.dirty;
     this.serverText = p.text;
