@@ -49,7 +49,8 @@ function sampleOf(s: Stats): Sample {
 
 export class AdminView {
   readonly events: AdminEvent[] = [];
-  private seq = 0;
+  /** Event ids start from the clock, so a follower's `since` cursor keeps working across gateway restarts. */
+  private seq = Date.now() * 1000;
   private readonly history = new Map<number, Sample[]>();
   private readonly timer: NodeJS.Timeout;
   /** called for every event the gateway receives (the live stream) */

@@ -14,7 +14,8 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = join(ROOT, 'test-artifacts', 'console');
 const TOKEN = 'console-test-token-0123456789';
 
-// Installs chromium when it is missing (apt; we run as root in CI).
+// Installs chromium when it is missing (apt; we run as root in CI): that can take a minute.
+t.setTimeout(300_000);
 execFileSync('bash', [join(ROOT, 'scripts', 'ensure-chromium.sh')], { stdio: ['ignore', 'inherit', 'inherit'] });
 mkdirSync(ARTIFACTS, { recursive: true });
 
