@@ -134,7 +134,7 @@ t.test('every route that answers is documented', async (t) => {
   const fromCli = [...cli.matchAll(/api\.call\('[A-Z]+', [`'](\/[a-z/]+)/g)].map((m) => `/admin/v1${m[1]}`);
   const readmeAll = readFileSync(join(ROOT, 'README.md'), 'utf8');
   const readme = readmeAll.slice(readmeAll.indexOf('### Admin API'), readmeAll.indexOf('\n### ', readmeAll.indexOf('### Admin API') + 5));
-  const fromReadme = [...readme.matchAll(/`(?:GET|POST|PUT|DELETE) ([a-z/|]+)/g)].flatMap((m) => m[1].split('|')).map((p) => `/admin/v1/${p.replace(/^\//, '')}`);
+  const fromReadme = [...readme.matchAll(/`(?:GET|POST|PUT|DELETE) ([a-z./\\|]+)/g)].flatMap((m) => m[1].split(/\\?\|/)).map((p) => `/admin/v1/${p.replace(/^\//, '')}`);
   const near = ['/admin/v1', '/admin/v1/', '/admin/v1/status/', '/admin/v1/merges/Foo', '/admin/v1/merges/Foo/Bar/x', '/admin/v1/policy/validate/x',
     '/admin/v1/policy/', '/admin/v1//status', '/admin/v1/STATUS', '/admin/v2/status', '/admin/v1/openapi', '/admin/v1/stream/x', '/admin/v1/debug'];
   const candidates = new Set([...documented.keys(), ...fromCli, ...fromReadme, ...near]);
