@@ -125,11 +125,6 @@ export class AdminApi {
     this.router = new AdminRouter(this.routes, { prefix: ADMIN_PREFIX, token: o.token, log: o.log, maxBodyBytes: MAX_ADMIN_BODY, bodyTimeoutMs: ADMIN_BODY_TIMEOUT_MS });
   }
 
-  /** The decision log (kept for callers of the old field). */
-  get events() {
-    return this.view.events;
-  }
-
   /** The route hook for the HTTP front end: true when it handled the request. */
   handle = (req: http.IncomingMessage, res: http.ServerResponse, path: string, query = ''): boolean => this.router.handle(req, res, path, query);
 
