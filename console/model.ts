@@ -11,7 +11,7 @@ export interface Fn {
 export interface ClusterNode {
   nodeId: number; hostname: string; pid: number; lastReport: string | null; reportAgeMs: number | null;
   decisions: Record<string, number>; policyError: string; controlPlane: boolean; engineConnections: number; inflight: number;
-  health: 'ok' | 'stale' | 'no-engine-link' | 'no-control-plane';
+  health: 'ok' | 'stale' | 'draining' | 'no-engine-link' | 'no-control-plane';
 }
 
 export interface Edge {

@@ -45,7 +45,7 @@ export const SCHEMAS: Record<string, Record<string, unknown>> = {
     controlPlane: { type: 'boolean', description: 'attached to the control plane' },
     engineConnections: { type: 'integer', minimum: 0, description: 'open engine-link connections (calls go over these)' },
     inflight: int,
-    health: { enum: ['ok', 'stale', 'no-engine-link', 'no-control-plane'], description: 'ok: both links up and a report in the last 3 s' },
+    health: { enum: ['ok', 'stale', 'draining', 'no-engine-link', 'no-control-plane'], description: 'ok: both links up, not draining, and a report in the last 3 s' },
   }),
   Edge: obj({
     node: int, caller: str, callee: str, calls: int, localCalls: int, failures: int, callsPerSec: num,

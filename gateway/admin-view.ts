@@ -152,7 +152,7 @@ export class AdminView {
       const eng = this.engines?.nodes.get(id);
       const reportAgeMs = n?.stats ? Math.max(0, now - n.stats.at_ms) : null;
       const engineConnections = eng?.conns.length ?? 0;
-      const health = !n ? 'no-control-plane' : engineConnections === 0 ? 'no-engine-link'
+      const health = !n ? 'no-control-plane' : engineConnections === 0 ? 'no-engine-link' : eng?.draining ? 'draining'
         : reportAgeMs === null || reportAgeMs > STALE_MS ? 'stale' : 'ok';
       return {
         nodeId: id, hostname: n?.hello.hostname ?? '', pid: n?.hello.pid ?? 0,

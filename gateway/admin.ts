@@ -19,6 +19,7 @@ import { AdminRouter, type Reply, type Route } from './admin-router.js';
 import { MAX_STREAMS, AdminStream } from './admin-stream.js';
 import { AdminView } from './admin-view.js';
 import type { ControlServer } from './control-server.js';
+import type { DesiredState } from './desired-state.js';
 import type { EngineServer } from './engine-server.js';
 import type { MetricFamily } from './metrics.js';
 
@@ -99,6 +100,8 @@ export interface AdminOptions {
   engines?: EngineServer;
   policy: PolicyStore;
   log: Logger;
+  /** manual merges the gateway re-applies to launchers that (re)attach */
+  desired?: DesiredState;
 }
 
 export const MAX_ADMIN_BODY = 1 << 20;
@@ -160,9 +163,13 @@ export class AdminApi {
           409: { description: 'refused or failed on some node (see results), or no node runs the caller', schema: 'CommandResults' },
           503: { description: 'the control plane is off', schema: 'Error' },
         },
-        handler: (c) => {
+        handler: async (c) => {
           const b = c.body as { caller: string; callee: string; isolation?: string };
-          return this.onNodes(b.caller, b.callee, { merge: { caller: b.caller, callee: b.callee, isolation: b.isolation ?? '' } });
+          const iso = b.isolation ?? '';
+          const r = await this.onNodes(b.caller, b.callee, { merge: { caller: b.caller, callee: b.callee, isolation: iso } });
+          // Desired state: a merge that took effect somewhere is re-applied to nodes that (re)attach.
+          if ((r.body as { results?: { ok: boolean }[] }).results?.some((x) => x.ok)) this.o.desired?.setMerge(b.caller, b.callee, iso);
+          return r;
         } },
       { method: 'DELETE', path: '/merges/{caller}/{callee}', operationId: 'unmerge', summary: 'undo a merge on every node', params: fnParams,
         responses: {
@@ -170,7 +177,11 @@ export class AdminApi {
           409: { description: 'not merged, or failed on some node (see results)', schema: 'CommandResults' },
           503: { description: 'the control plane is off', schema: 'Error' },
         },
-        handler: (c) => this.onNodes(c.params.caller, c.params.callee, { unmerge: { caller: c.params.caller, callee: c.params.callee } }) },
+        handler: (c) => {
+          const { caller, callee } = c.params;
+          if (this.o.config.byName.has(caller) && this.o.config.byName.has(callee)) this.o.desired?.deleteMerge(caller, callee);
+          return this.onNodes(caller, callee, { unmerge: { caller, callee } });
+        } },
       { method: 'GET', path: '/events', operationId: 'events', summary: 'the decision log: merges, unmerges, failures, faults, with reasons and numbers',
         query: { since: { schema: 'EventSeq', description: 'only events with a larger seq' }, limit: { schema: 'EventLimit', description: 'the newest this many (default 200)' } },
         responses: { 200: { description: 'oldest first', schema: 'EventList' } },
