@@ -66,7 +66,7 @@ export interface HttpFrontendOptions {
   log: Logger;
   maxBodyBytes: number;
   /** other routes (admin API, …): return true when handled */
-  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean;
+  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean;
   /** for GET /readyz; absent: always ready */
   ready?: () => Readiness;
 }
@@ -101,7 +101,7 @@ function splitTarget(url: string): { path: string; query: string } {
 function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
   const { path, query } = splitTarget(req.url ?? '/');
   const method = req.method ?? '';
-  if (o.extraRoutes?.(req, res, path)) return;
+  if (o.extraRoutes?.(req, res, path, query)) return;
   if (method === 'GET' && path === '/metrics') {
     void o.metrics.render().then((text) => sendPlain(res, 200, text, 'text/plain; version=0.0.4'));
     return;

@@ -13,6 +13,7 @@ import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
 import { GatewayDrain } from './drain.js';
 import { listenOn } from '../common/lifecycle.js';
+import { ConsoleServer } from './console-server.js';
 import { AddressAllowList, isLoopbackAddress, resolveClusterToken } from '../common/cluster-auth.js';
 import { DesiredState } from './desired-state.js';
 import { clusterFamilies } from './cluster-metrics.js';
@@ -111,11 +112,11 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     queued: () => dispatcher.queuedCount,
     nodes: () => engines.nodes.size,
   });
-  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
+  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean) | undefined;
   let drain!: GatewayDrain;
   const httpServer = createHttpFrontend({
     config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
-    extraRoutes: (req, res, path) => drain.refuse(req, res, path) || (extra?.(req, res, path) ?? false),
+    extraRoutes: (req, res, path, query) => drain.refuse(req, res, path) || (extra?.(req, res, path, query) ?? false),
     ready: () => drain.readiness(),
   });
   const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody });
@@ -143,12 +144,13 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     // Silent on the control plane: the engine link to it is as dead; fail its calls now, not at the timeout.
     control.onSilent = (n) => engines.dropNode(n.hello.node_id, 'silent on the control plane', n.instance || undefined);
   }
-  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log, desired });
+  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, engines, policy, log: o.log, desired });
+  const consoleUi = new ConsoleServer();
   metrics.cluster = {
     nodeStats: () => control?.nodeStats() ?? new Map(),
     extra: () => [...admin.metricFamilies(), ...clusterFamilies(engines, control, dispatcher)],
   };
-  extra = admin.handle;
+  extra = (req, res, path, query) => admin.handle(req, res, path, query) || consoleUi.handle(req, res, path);
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listenOn(httpServer, o.listenAddr, o.httpPort);
   const grpcPort = await listenOn(grpcServer, o.listenAddr, o.grpcPort);
@@ -157,6 +159,7 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     engines, dispatcher, control, metrics, http: httpServer, policy, admin, drain,
     async stop() {
       policy.close();
+      admin.close();
       dispatcher.failAll();
       httpServer.closeAllConnections?.();
       await Promise.all([
