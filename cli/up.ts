@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
-import { resolveClusterToken } from '../common/cluster-auth.js';
+import { checkClusterToken } from '../common/cluster-auth.js';
 import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
@@ -82,7 +82,7 @@ export async function runUp(argv: string[]): Promise<void> {
   f.admin_token = secretFlag(parsed, 'admin_token') || randomBytes(12).toString('hex');
   given.delete('admin_token_file'); // read here: the gateway gets the token itself
   // Our own processes authenticate each other: a token of our own unless the operator gave one.
-  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file) || randomBytes(24).toString('hex');
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token')) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));

@@ -14,7 +14,7 @@ import { AdminApi, PolicyStore } from './admin.js';
 import { GatewayDrain } from './drain.js';
 import { listenOn } from '../common/lifecycle.js';
 import { ConsoleServer } from './console-server.js';
-import { AddressAllowList, isLoopbackAddress, resolveClusterToken } from '../common/cluster-auth.js';
+import { AddressAllowList, isLoopbackAddress, checkClusterToken } from '../common/cluster-auth.js';
 import { DesiredState } from './desired-state.js';
 import { clusterFamilies } from './cluster-metrics.js';
 
@@ -183,7 +183,7 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
   const log = createLogger('gateway');
   if (parsed.fromEnv.size > 0) log.info({ flags: [...parsed.fromEnv] }, 'flags from the environment (NIGHTFUSE_*)');
   if (!f.func_config_file) throw new Error('--func_config_file is required');
-  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file);
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token'));
   if (!clusterToken) {
     if (!isLoopbackAddress(f.listen_addr) && !f.insecure_cluster) {
       throw new Error(`refusing to listen for engines on ${f.listen_addr} without a cluster token: any peer could register as a node, ` +

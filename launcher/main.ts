@@ -1,7 +1,7 @@
 /** `nightfuse launcher`: the node agent as its own process. */
 import { hostname } from 'node:os';
 import { loadFuncConfig } from '../common/func-config.js';
-import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, secretFlag, type FlagSpecs } from '../common/flags.js';
 import { createLogger } from '../common/log.js';
 import { WORKER_HOST } from '../common/paths.js';
 import { MessageType } from '../proto/wire.js';
@@ -16,7 +16,8 @@ import type { GatewayCommand, NodeReport } from '../proto/control.js';
 import type { Isolation } from '../proto/merge-wire.js';
 import { createProbeServer, listenOn } from '../common/lifecycle.js';
 import { LauncherDrain } from './drain.js';
-import { newInstanceId, resolveClusterToken } from '../common/cluster-auth.js';
+import { clearAmbientCapabilities } from './spawn.js';
+import { newInstanceId, checkClusterToken } from '../common/cluster-auth.js';
 
 export const LAUNCHER_FLAGS = {
   gateway_addr: { type: 'string', default: '127.0.0.1', help: 'gateway host (engine flag)' },
@@ -64,7 +65,8 @@ export async function runLauncher(argv: string[]): Promise<void> {
   if (f.func_worker_use_engine_socket) throw new Error('--func_worker_use_engine_socket is not supported: workers use FIFOs');
   if (f.use_fifo_for_nested_call) throw new Error('--use_fifo_for_nested_call is not supported: nested results come back over the worker FIFOs');
   const config = loadFuncConfig(f.func_config_file);
-  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file);
+  clearAmbientCapabilities();
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token'));
   // Who this process is, on both links: a restarted launcher is a new instance.
   const instance = newInstanceId();
   const agent = new NodeAgent({
