@@ -14,7 +14,7 @@ export interface ViewOptions extends GatewayOptions {
 }
 
 const MERGE_COLS = ['node', 'caller', 'callee', 'isolation', 'state', 'workersMerged', 'workersTotal', 'ageSec'];
-const EDGE_COLS = ['node', 'caller', 'callee', 'callsPerSec', 'calls', 'localCalls', 'failures', 'avgRpcUs', 'avgCalleeUs'];
+const EDGE_COLS = ['node', 'caller', 'callee', 'path', 'callsPerSec', 'calls', 'localCalls', 'failures', 'avgRpcUs', 'avgCalleeUs'];
 
 /** A read-only view: how to fetch it and how to show it. */
 interface View {

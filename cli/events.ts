@@ -17,6 +17,8 @@ export interface AdminEvent {
   isolation: string;
   reason: string;
   detail_json: string;
+  /** parsed detail_json, when the gateway sends it */
+  detail?: Record<string, unknown>;
 }
 
 export const POLL_INTERVAL_MS = 1000;
@@ -71,6 +73,7 @@ export function formatEvent(e: AdminEvent): string {
 }
 
 function detail(e: AdminEvent): Record<string, unknown> {
+  if (e.detail && typeof e.detail === 'object') return e.detail;
   try {
     return e.detail_json ? JSON.parse(e.detail_json) : {};
   } catch {

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
-import { parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
+import { parseFlags, type FlagSpecs, flagHelp, secretFlag } from '../common/flags.js';
 import { randomBytes } from 'node:crypto';
 import { logFormat } from '../common/log.js';
 import { DEFAULT_POLICY, loadPolicy } from '../common/policy.js';
@@ -17,7 +17,7 @@ import { upHints } from './up-hints.js';
 import { newToken, readState, statePath, writeState } from './state.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
-import { resolveClusterToken } from '../common/cluster-auth.js';
+import { checkClusterToken } from '../common/cluster-auth.js';
 import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
@@ -27,7 +27,7 @@ const UP_FLAGS = {
   func_config_file: { type: 'string', default: EXAMPLE_CONFIG, help: 'func_config.json (default: the bundled examples)' },
   control_port: { type: 'int', default: 10008, help: 'control plane port (-1: off)', min: -1, max: 65535 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
-  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN, else a random one, printed)' },
+  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN or --admin_token_file, else the one kept in the state file, $XDG_STATE_HOME/nightfuse/up.json, else a new one kept there)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
@@ -58,30 +58,50 @@ function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: n
   });
 }
 
+/** Ready means callable: the launcher's connections have been admitted by the gateway. */
+async function waitForNode(host: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const text = await (await fetch(`http://${host}:${port}/metrics`)).text();
+      if (/^nightfuse_gateway_connected_nodes [1-9]/m.test(text)) return;
+    } catch {
+      /* not yet */
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the launcher did not connect to the gateway within ${timeoutMs} ms; see its log above`);
+}
+
 export async function runUp(argv: string[]): Promise<void> {
   if (argv.includes('--help')) {
-    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS)}\n`);
+    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS, { env: true })}\n`);
     return;
   }
-  const { values: f, given } = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS] });
+  // The children read the same NIGHTFUSE_* variables themselves; what is parsed here decides only what up passes on argv.
+  const parsed = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS], env: process.env });
+  const { values: f, given } = parsed;
   // Validate the config here so a mistake is reported once, clearly.
   const config = loadFuncConfig(f.func_config_file);
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
   const policy = f.merge_policy_file ? loadPolicy(f.merge_policy_file) : DEFAULT_POLICY;
-  // The token: --admin_token, else NIGHTFUSE_ADMIN_TOKEN, else the state file's (made once), so exports survive restarts.
+  // The token: --admin_token(_file) or NIGHTFUSE_ADMIN_TOKEN(_FILE), else the state file's (made once), so exports survive restarts.
   const stateFile = statePath();
-  let tokenNote = '';
-  if (!f.admin_token && process.env.NIGHTFUSE_ADMIN_TOKEN) {
-    f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN;
-    tokenNote = 'from NIGHTFUSE_ADMIN_TOKEN';
-  } else if (!f.admin_token) {
+  let tokenNote: string;
+  const givenToken = secretFlag(parsed, 'admin_token');
+  const onCommandLine = given.has('admin_token') || given.has('admin_token_file');
+  given.delete('admin_token_file'); // read here: the gateway gets the token itself
+  if (givenToken) {
+    f.admin_token = givenToken;
+    tokenNote = onCommandLine ? 'from the command line' : 'from the environment';
+  } else {
     const { state, problem } = readState(stateFile);
     if (problem) process.stderr.write(`nightfuse up: ${problem}\n`);
     f.admin_token = state?.adminToken ?? newToken();
     tokenNote = `${state ? 'reused from' : 'new, kept in'} ${stateFile}`;
-  } else tokenNote = 'from --admin_token';
+  }
   // Our own processes authenticate each other: a token of our own unless the operator gave one.
-  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file) || randomBytes(24).toString('hex');
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token')) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
   const pass = (keys: Set<string>, extra: Record<string, string | number | boolean>) => {
@@ -96,14 +116,16 @@ export async function runUp(argv: string[]): Promise<void> {
   };
   const children: ChildProcess[] = [];
   let stopping = false;
-  const stopAll = async (code: number) => {
+  // SIGTERM is passed on and drains (each child waits up to --drain_timeout_ms for its calls); SIGINT stops at once.
+  const stopAll = async (code: number, signal: 'SIGTERM' | 'SIGINT' = 'SIGINT') => {
     if (stopping) return;
     stopping = true;
+    const graceMs = (signal === 'SIGTERM' ? f.drain_timeout_ms : 0) + 5000;
     await Promise.all(children.map((c) => new Promise<void>((r) => {
       if (c.exitCode !== null || c.signalCode !== null) return r();
       c.once('exit', () => r());
-      c.kill('SIGTERM');
-      setTimeout(() => c.kill('SIGKILL'), 5000).unref();
+      c.kill(signal);
+      setTimeout(() => c.kill('SIGKILL'), graceMs).unref();
     })));
     // Whatever way the launcher ended, its IPC root goes (only if it is one: removeIpcRoot checks).
     try {
@@ -113,12 +135,12 @@ export async function runUp(argv: string[]): Promise<void> {
     }
     process.exit(code);
   };
-  process.on('SIGINT', () => void stopAll(0));
-  process.on('SIGTERM', () => void stopAll(0));
+  process.on('SIGINT', () => void stopAll(0, 'SIGINT'));
+  process.on('SIGTERM', () => void stopAll(0, 'SIGTERM'));
 
   // Children log through us, line by line, so a log line never splits our own output.
-  const { NIGHTFUSE_ADMIN_TOKEN: _token, ...parentEnv } = process.env;
-  const childEnv = { ...parentEnv, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
+  const { NIGHTFUSE_ADMIN_TOKEN: _token, NIGHTFUSE_ADMIN_TOKEN_FILE: _tokenFile, ...parentEnv } = process.env;
+  const childEnv = { ...parentEnv, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '', NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
   const start = (args: string[], env: NodeJS.ProcessEnv = {}) => {
     const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...childEnv, ...env } });
     createInterface({ input: c.stderr!, crlfDelay: Infinity }).on('line', (l) => process.stderr.write(`${l}\n`));
@@ -141,6 +163,7 @@ export async function runUp(argv: string[]): Promise<void> {
       gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
     })]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
+    await waitForNode(gwHost, Number(httpPort), 10000);
     const http = `http://${gwHost}:${httpPort}`;
     if (!tokenNote.startsWith('from ')) writeState(stateFile, { adminToken: f.admin_token, gateway: http });
     // One write: the ready line and the hints reach the terminal whole, never interleaved with a log line.

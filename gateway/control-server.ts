@@ -211,7 +211,7 @@ export class ControlServer {
     }
     if (existing) this.detach(existing, 'replaced by a new stream of the same launcher');
     const n: AttachedNode = {
-      hello: { ...h, proof: undefined, nonce: undefined }, instance: inst, stats: undefined, attachedAt: Date.now(), lastSeen: Date.now(),
+      hello: { ...h, proof: undefined, nonce: undefined, stats: undefined }, instance: inst, stats: h.stats ?? undefined, attachedAt: Date.now(), lastSeen: Date.now(),
       draining: false, stream, pending: new Map(),
     };
     this.nodes.set(id, n);

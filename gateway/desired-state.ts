@@ -3,7 +3,9 @@
  * to it whenever they (re)attach: the policy in force (PolicyStore) and the
  * manual merges kept here. Launchers own the actual state; on every attach the
  * gateway pushes the policy first, then each manual merge of a caller the node
- * runs, in the order they were asked for.
+ * runs, in the order they were asked for. The policy in force after a gateway
+ * restart is its --merge_policy_file (or the defaults); manual merges survive
+ * it through the launchers that run them.
  */
 import type { Logger } from '../common/log.js';
 import type { AttachedNode, ControlServer } from './control-server.js';
@@ -36,8 +38,18 @@ export class DesiredState {
     return [...this.merges.values()];
   }
 
-  /** Brings a node that just attached to the desired state. */
+  /**
+   * Brings a node that just attached to the desired state. Manual merges it
+   * already runs that the gateway does not know of (the gateway restarted) are
+   * adopted first: the launchers remember what the operator asked for.
+   */
   apply(control: ControlServer, n: AttachedNode): void {
+    for (const m of n.stats?.merges ?? []) {
+      if (m.manual && !this.merges.has(key(m.caller, m.callee))) {
+        this.setMerge(m.caller, m.callee, m.isolation);
+        this.log.info({ node: n.hello.node_id, caller: m.caller, callee: m.callee }, 'manual merge adopted from a launcher into the desired state');
+      }
+    }
     n.stream.write({ command_id: 0, policy: { policy_json: this.policyText() } });
     const nodeId = n.hello.node_id;
     for (const m of this.merges.values()) {

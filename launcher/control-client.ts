@@ -133,6 +133,7 @@ export class ControlClient {
             hello: {
               node_id: nodeId, hostname: this.o.hostname, pid: process.pid, functions: [...this.o.agent.pools.values()].map((p) => p.entry.funcName),
               instance_id: instance, nonce: ourNonce, proof: token ? proof(token, 'control-node', [nodeId, instance, ourNonce, challenge]) : Buffer.alloc(0),
+              stats: this.stats(),
             },
           });
           return;

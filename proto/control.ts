@@ -18,7 +18,7 @@ export const ControlPlaneClient = pkg.nightfuse.control.v1.ControlPlane;
 export const ControlPlaneService = ControlPlaneClient.service;
 
 export interface Hello {
-  node_id: number; hostname: string; pid: number; functions: string[]; instance_id?: Buffer; nonce?: Buffer; proof?: Buffer;
+  node_id: number; hostname: string; pid: number; functions: string[]; instance_id?: Buffer; nonce?: Buffer; proof?: Buffer; stats?: Stats | null;
 }
 export interface Heartbeat { at_ms: number }
 export interface FunctionStats {
@@ -51,6 +51,7 @@ export function edgeBucketLe(i: number): number {
 }
 export interface MergeStateMsg {
   caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string;
+  manual?: boolean;
 }
 export interface Stats {
   at_ms: number; functions: FunctionStats[]; edges: EdgeStatsMsg[]; merges: MergeStateMsg[];

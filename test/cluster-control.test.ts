@@ -124,7 +124,7 @@ t.test('control plane with a cluster token', async (t) => {
             const s = peer.open();
             s.on('error', () => {});
             if ((i + k) % 22 === 0) s.write({ stats: { at_ms: 1, functions: [], edges: [], merges: [] } });
-            return new Promise<{ welcomed: boolean }>((r) => s.on('close', () => r({ welcomed: false })));
+            return new Promise<{ welcomed: boolean }>((r) => s.on('status', () => r({ welcomed: false })));
           }
           return peer.attach(1 + ((i + k) % 3000), TOKEN, { hello: m }).settled;
         }));

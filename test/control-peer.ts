@@ -54,7 +54,13 @@ export class ControlPeer {
       });
       s.on('end', () => resolve(outcome));
     });
-    return { stream: s, settled, commands, ended: new Promise<PeerOutcome>((r) => s.on('close', () => r(outcome))) };
+    // 'status' ends every call, whichever side ended it.
+    const ended = new Promise<PeerOutcome>((r) => s.on('status', (st: grpc.StatusObject) => {
+      outcome.code = st.code;
+      outcome.details = st.details;
+      r(outcome);
+    }));
+    return { stream: s, settled, commands, ended };
   }
 
   close(): void {
