@@ -93,7 +93,10 @@ export class AdminClient {
 /** The gateway said no: one line naming every reason it gave. */
 export function refusal(what: string, r: ApiResult): CliError {
   const d = r.data ?? {};
-  const reasons: string[] = d.errors
-    ?? (Array.isArray(d.results) ? d.results.filter((x: any) => !x.ok).map((x: any) => `node ${x.node}: ${x.error}`) : [d.error ?? 'no reason given']);
+  const describe = (x: any) => (typeof x === 'string' ? x : x?.field ? `${x.field}: ${x.message}` : JSON.stringify(x));
+  const reasons: string[] = Array.isArray(d.results) && d.results.some((x: any) => !x.ok)
+    ? d.results.filter((x: any) => !x.ok).map((x: any) => `node ${x.node}: ${x.error}`)
+    : Array.isArray(d.errors) && !(typeof d.error === 'string' && d.errors.every((x: any) => typeof x === 'object')) ? d.errors.map(describe)
+      : [d.error ?? 'no reason given'];
   return new CliError(`${what} refused (HTTP ${r.status}): ${reasons.join('; ')}`, EXIT.FAILED);
 }

@@ -10,7 +10,7 @@ t.test('edges and status: the Foo -> Bar edge, as a table and as JSON', async (t
   await waitFor(async () => /Foo\s+Bar\s+\S+\s+(\d+)/.test((await runCli(['edges'], ctx.env)).stdout), 10000, 'edge reported');
   const [table, json, status] = await Promise.all([runCli(['edges'], ctx.env), runCli(['edges', '--json'], ctx.env), runCli(['status'], ctx.env)]);
   t.equal(table.code, 0);
-  t.match(table.stdout, /^node\s+caller\s+callee\s+callsPerSec\s+calls\s+localCalls\s+failures\s+avgRpcUs\s+avgCalleeUs\n/);
+  t.match(table.stdout, /^node\s+caller\s+callee\s+path\s+callsPerSec\s+calls\s+localCalls\s+failures\s+avgRpcUs\s+avgCalleeUs\n/);
   const edge = JSON.parse(json.stdout).find((e: any) => e.caller === 'Foo' && e.callee === 'Bar');
   t.ok(edge.calls >= 20, `${edge.calls} calls`);
   t.equal(edge.localCalls, 0, 'not merged yet');
