@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
+import { removeAbandonedIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -83,6 +84,8 @@ export async function runUp(argv: string[]): Promise<void> {
       c.kill('SIGTERM');
       setTimeout(() => c.kill('SIGKILL'), 5000).unref();
     })));
+    // A launcher that was killed could not remove its IPC root.
+    await removeAbandonedIpcRoot(f.root_path_for_ipc).catch(() => false);
     process.exit(code);
   };
   process.on('SIGINT', () => void stopAll(0));

@@ -222,6 +222,7 @@ export class AdminApi {
     return this.nodeStats().map((n) => ({
       nodeId: n.hello.node_id, hostname: n.hello.hostname, pid: n.hello.pid, attachedAt: new Date(n.attachedAt).toISOString(),
       lastReport: n.stats ? new Date(n.stats.at_ms).toISOString() : null, decisions: n.stats?.decisions ?? {}, policyError: n.stats?.policy_error ?? '',
+      ticks: n.stats?.ticks ?? 0,
     }));
   }
 

@@ -12,7 +12,7 @@
  */
 import net from 'node:net';
 import type { Logger } from '../common/log.js';
-import { encodeGatewayHeader, GatewayFrameReader, type GatewayMessage, MessageType, WireError, writeGatewayMessage } from '../proto/wire.js';
+import { encodeGatewayHeader, ENGINE_TO_GATEWAY, GatewayFrameReader, type GatewayMessage, MessageType, WireError, writeGatewayMessage } from '../proto/wire.js';
 
 export class EngineConn {
   constructor(readonly socket: net.Socket, readonly nodeId: number, readonly connId: number) {}
@@ -58,7 +58,7 @@ export class EngineServer {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 1000);
     this.sockets.add(socket);
-    const reader = new GatewayFrameReader(this.maxPayload);
+    const reader = new GatewayFrameReader(this.maxPayload, ENGINE_TO_GATEWAY);
     let conn: EngineConn | undefined;
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.on('data', (chunk: Buffer) => {

@@ -10,6 +10,9 @@ import { lastErrno, libc } from './libc.js';
 
 const mkfifoNative = libc.func('int mkfifo(const char *path, uint32_t mode)');
 
+/** What an IPC root holds (merge.sock: the merge runtimes' control socket); anything else is not ours to wipe. */
+export const IPC_ROOT_ENTRIES: readonly string[] = ['engine.sock', 'merge.sock', 'shm', 'fifo'];
+
 export class IpcRoot {
   readonly shmDir: string;
   readonly fifoDir: string;
@@ -31,7 +34,7 @@ export class IpcRoot {
       throw new Error(`another engine is serving ${this.socketPath}; give this one its own --root_path_for_ipc`);
     }
     if (existsSync(this.root)) {
-      const foreign = readdirSync(this.root).filter((n) => !['engine.sock', 'shm', 'fifo'].includes(n));
+      const foreign = readdirSync(this.root).filter((n) => !IPC_ROOT_ENTRIES.includes(n));
       if (foreign.length > 0) {
         throw new Error(
           `refusing to wipe ${this.root}: it holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}, ` +
@@ -131,6 +134,15 @@ function socketIsLive(path: string): Promise<boolean> {
     });
     s.once('error', () => resolve(false));
   });
+}
+
+/** Removes `root` when it is an IPC root no live engine serves (left by a launcher that was killed). */
+export async function removeAbandonedIpcRoot(root: string): Promise<boolean> {
+  const sock = join(root, 'engine.sock');
+  if (!existsSync(root) || (existsSync(sock) && (await socketIsLive(sock)))) return false;
+  if (readdirSync(root).some((n) => !IPC_ROOT_ENTRIES.includes(n))) return false;
+  rmSync(root, { recursive: true, force: true });
+  return true;
 }
 
 export function rmQuiet(path: string): void {

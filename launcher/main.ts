@@ -117,7 +117,7 @@ export async function runLauncher(argv: string[]): Promise<void> {
   control = f.control_port > 0
     ? new ControlClient({
       host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log, onCommand,
-      extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError }),
+      extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError, ticks: orchestrator.ticks }),
     })
     : undefined;
   await agent.whenReady();

@@ -110,6 +110,9 @@ export function writeGatewayMessage(socket: { cork(): void; uncork(): void; writ
   socket.uncork();
 }
 
+/** What an engine sends on the gateway link; anything else from it is malformed. */
+export const ENGINE_TO_GATEWAY: ReadonlySet<number> = new Set([MessageType.ENGINE_HANDSHAKE, MessageType.FUNC_CALL_COMPLETE, MessageType.FUNC_CALL_FAILED]);
+
 /** Largest payload we accept on the gateway link (Nightcore: i32, buffered whole). */
 export const MAX_GATEWAY_PAYLOAD = 0x7fffffff;
 
@@ -126,7 +129,8 @@ export class WireError extends Error {
 export class GatewayFrameReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
-  constructor(private readonly maxPayload = MAX_GATEWAY_PAYLOAD) {}
+  /** `accept`: the message types the peer may send (others are refused at the header, before any payload is buffered) */
+  constructor(private readonly maxPayload = MAX_GATEWAY_PAYLOAD, private readonly accept?: ReadonlySet<number>) {}
 
   feed(chunk: Buffer): GatewayMessage[] {
     this.chunks.push(chunk);
@@ -140,6 +144,7 @@ export class GatewayFrameReader {
       if (type < MessageType.ENGINE_HANDSHAKE || type > MessageType.FUNC_CALL_FAILED) {
         throw new WireError(`gateway link: invalid message type ${type}`);
       }
+      if (this.accept && !this.accept.has(type)) throw new WireError(`gateway link: message type ${type} is not sent by this peer`);
       if (size < 0) throw new WireError(`gateway link: negative payload size ${size}`);
       if (size > this.maxPayload) {
         throw new WireError(`gateway link: payload of ${size} bytes exceeds the limit of ${this.maxPayload}`);
