@@ -142,14 +142,21 @@ t.test('--max_running_requests queues calls beyond the cap and releases them in 
   t.teardown(() => e.close());
   e.hold = true;
   await waitFor(() => gw.engines.nodes.size === 1, 2000, 'node up');
-  const ps = ['a', 'b', 'c'].map((s) => post(gw.ports.http, '/function/Echo', s));
-  await waitFor(() => e.received.length === 1 && gw.dispatcher.queuedCount === 2, 2000, 'one running, two queued');
+  // Send one at a time so the arrival order is known: a, then b and c queue behind it.
+  const inputs = ['a', 'b', 'c', 'd'];
+  const ps: ReturnType<typeof post>[] = [];
+  for (const [i, s] of inputs.entries()) {
+    ps.push(post(gw.ports.http, '/function/Echo', s));
+    await waitFor(() => e.received.length === 1 && gw.dispatcher.queuedCount === i, 2000, `${s} dispatched or queued`);
+  }
   t.equal(e.received.length, 1, 'only one dispatched');
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < inputs.length; i++) {
     await waitFor(() => e.received.length === i + 1, 2000, `dispatch ${i + 1}`);
+    t.equal(gw.dispatcher.queuedCount, inputs.length - 1 - i, `${inputs.length - 1 - i} still queued`);
     e.complete(e.received[i]);
   }
-  t.same((await Promise.all(ps)).map((r) => r.body.toString()), ['n1:a', 'n1:b', 'n1:c']);
+  t.same(e.received.map((m) => m.payload.toString()), inputs, 'dispatched in arrival order (FIFO)');
+  t.same((await Promise.all(ps)).map((r) => r.body.toString()), inputs.map((s) => `n1:${s}`));
 });
 
 t.test('timeout: 504 and a late result is ignored', async (t) => {

@@ -41,10 +41,17 @@ t.test('koffi binding: typed report, off the event loop', async (t) => {
   const target = await startTarget('target_read');
   t.teardown(() => target.stop());
   const out = `/tmp/nf-koffi-probe-${process.pid}`;
+  // Counts event-loop turns while the injection runs: a call that blocked the loop would leave it at 0.
   let ticks = 0;
-  const timer = setInterval(() => ticks++, 0);
+  let counting = true;
+  const turn = () => {
+    ticks++;
+    if (counting) setImmediate(turn);
+  };
+  setImmediate(turn);
   const r = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'probe_entry', arg: out });
-  clearInterval(timer);
+  counting = false;
+  t.ok(ticks > 0, `the event loop turned ${ticks} times during the injection`);
   t.equal(r.ok, true, r.error);
   t.equal(readFileSync(out, 'utf8'), `pid=${target.pid}`, 'entry ran with its argument');
   rmSync(out, { force: true });
@@ -75,7 +82,7 @@ const barLib = () => stack.agent.config.byName.get('Bar')!.library!;
 
 for (const iso of ['inline', 'stack', 'thread'] as Isolation[]) {
   t.test(`merge Bar into every Foo worker (${iso}) under load; unmerge; nothing lost`, async (t) => {
-    const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `m-${iso}-${i}`, (i) => `From function Bar: m-${iso}-${i}, World\n`);
+    const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `m-${iso}-${i}`, (i) => `From function Bar: m-${iso}-${i}, World\n`, 2);
     await new Promise((r) => setTimeout(r, 200));
     const foos = stack.agent.workersOf('Foo').filter((w) => w.state !== 'dead');
     t.ok(foos.length >= 2, `${foos.length} Foo workers`);
