@@ -318,7 +318,7 @@ export class MergeOrchestrator {
 
   /** One decision round. */
   async tick(): Promise<void> {
-    if (this.busy) return;
+    if (this.busy || !this.enabled) return;
     this.busy = true;
     try {
       await this.control.collect();

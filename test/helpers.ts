@@ -211,11 +211,13 @@ export async function decisionRounds(port: number, token: string, rounds: number
   }, timeoutMs, `${rounds} merge decision rounds`);
 }
 
-/** `nightfuse <args>` to completion. */
-export function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+/** `nightfuse <args>` to completion; killed after `timeoutMs` (then code is -1). */
+export function cli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 30000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } },
-      (err, stdout, stderr) => resolve({ code: err ? (err as { code?: number }).code ?? 1 : 0, stdout, stderr }));
+    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, timeout: timeoutMs, killSignal: 'SIGTERM' }, (err, stdout, stderr) => {
+      const e = err as { code?: number | string; killed?: boolean } | null;
+      resolve({ code: !e ? 0 : e.killed ? -1 : typeof e.code === 'number' ? e.code : 1, stdout, stderr });
+    });
   });
 }
 
