@@ -245,6 +245,18 @@ export function descendants(pid: number): number[] {
   return out;
 }
 
+/** A launcher's worker processes, with the client and function ids it gave them (their environment). */
+export function workerProcesses(launcherPid: number): { pid: number; clientId: number; funcId: number }[] {
+  return descendants(launcherPid).flatMap((pid) => {
+    try {
+      const env = Object.fromEntries(readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').map((kv) => kv.split('=', 2) as [string, string]));
+      return env.FAAS_CLIENT_ID ? [{ pid, clientId: Number(env.FAAS_CLIENT_ID), funcId: Number(env.FAAS_FUNC_ID) }] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
 /** True while `pid` exists and is not a zombie. */
 export function alive(pid: number): boolean {
   try {

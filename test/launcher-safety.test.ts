@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeHello, MP_HEADER, MpType } from '../proto/merge-wire.js';
 import {
-  admin, cli, descendants, FIXTURE_CONFIG, loadLoop, startProcess, startStack, stopProcess, uniqueIpcRoot, waitFor, type Stack,
+  admin, cli, FIXTURE_CONFIG, loadLoop, startProcess, startStack, stopProcess, uniqueIpcRoot, waitFor, workerProcesses, type Stack,
 } from './helpers.js';
 
 const TOKEN = 'safety';
@@ -77,18 +77,6 @@ t.test('refuses the Nightcore flags it does not support, before touching anythin
   }
 });
 
-/** Our workers as the launcher knows them, from their environment. */
-function workers(launcherPid: number) {
-  return descendants(launcherPid).flatMap((pid) => {
-    try {
-      const env = Object.fromEntries(readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').map((kv) => kv.split('=', 2) as [string, string]));
-      return env.FAAS_CLIENT_ID ? [{ pid, clientId: Number(env.FAAS_CLIENT_ID), funcId: Number(env.FAAS_FUNC_ID) }] : [];
-    } catch {
-      return [];
-    }
-  });
-}
-
 /**
  * A HELLO as the merge runtime sends it (native/include/nightfuse/merge_proto.h:
  * header u32 length, u16 type, u16 0, u32 request id, i32 status; body u32 pid,
@@ -125,7 +113,7 @@ function sayHello(frame: Buffer): Promise<'closed' | 'request' | 'silent'> {
 }
 
 t.test('merge.sock: only workers this launcher started (client id and pid) may say HELLO', async (t) => {
-  const bar = workers(stack.launcher.pid!).find((w) => w.funcId === 2)!;
+  const bar = workerProcesses(stack.launcher.pid!).find((w) => w.funcId === 2)!;
   t.ok(bar, `a Bar worker: pid ${bar.pid}, client id ${bar.clientId}`);
   t.same(decodeHello(hello(bar.pid, bar.funcId, bar.clientId)), { pid: bar.pid, funcId: 2, clientId: bar.clientId, version: 'test' }, 'the test HELLO decodes as meant');
   t.equal(await sayHello(hello(process.pid, bar.funcId, bar.clientId)), 'closed', "a worker's client id with another pid: closed");
@@ -150,7 +138,7 @@ t.test('--merging=false: no decision loop, no injection, manual merges refused',
   const manual = await admin(off.httpPort, TOKEN, 'POST', '/merges', JSON.stringify({ caller: 'Foo', callee: 'Bar' }));
   t.equal(manual.status, 409, 'a manual merge is refused');
   t.match(manual.data.results[0].error, /merging is off on this node \(--merging=false\)/);
-  for (const w of workers(off.launcher.pid!)) {
+  for (const w of workerProcesses(off.launcher.pid!)) {
     t.notOk(readFileSync(`/proc/${w.pid}/maps`, 'utf8').includes('libnightfuse_merge.so'), `worker ${w.clientId}: no merge runtime injected`);
   }
   t.notOk(existsSync(join(off.ipcRoot, 'merge.sock')), 'no merge.sock');
