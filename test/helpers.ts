@@ -126,6 +126,8 @@ export interface Stack {
 }
 
 let stackSeq = 0;
+/** NIGHTFUSE_TEST_WORKER_HOST: another worker host for stacks (the C coverage run uses native/build-cov's). */
+const WORKER_HOST_FLAG = process.env.NIGHTFUSE_TEST_WORKER_HOST ? [`--worker_host=${process.env.NIGHTFUSE_TEST_WORKER_HOST}`] : [];
 
 /** A unique IPC root under /dev/shm for this test process. */
 export function uniqueIpcRoot(what = 'test'): string {
@@ -141,7 +143,7 @@ export async function startStack(opts: { config?: string; gatewayFlags?: string[
   const { ports } = gw;
   const ln = await startProcess([
     'launcher', '--gateway_addr=127.0.0.1', `--gateway_port=${ports.engine}`, `--control_port=${ports.control}`,
-    `--root_path_for_ipc=${ipcRoot}`, `--func_config_file=${config}`, ...(opts.launcherFlags ?? []),
+    `--root_path_for_ipc=${ipcRoot}`, `--func_config_file=${config}`, ...WORKER_HOST_FLAG, ...(opts.launcherFlags ?? []),
   ], /launcher ready/, 30000, opts.env).catch(async (err) => {
     await stopProcess(gw.child);
     throw err;
