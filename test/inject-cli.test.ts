@@ -1,40 +1,15 @@
 // `nightfuse inject` from the command line, against a real target process.
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { NATIVE_BUILD } from '../common/paths.js';
 import { cli } from './helpers.js';
+import { startTarget } from './targets.js';
 
 const PROBE = join(NATIVE_BUILD, 'libprobe.so');
 
-/** target_read: blocks in read(2) on stdin, echoes lines. The CLI (not this process) is its tracer. */
-function startTarget(): Promise<{ pid: number; echo(s: string): Promise<string>; stop(): void }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(join(NATIVE_BUILD, 'targets', 'target_read'), [], { stdio: ['pipe', 'pipe', 'inherit'] });
-    let buf = '';
-    let waiter: ((line: string) => void) | undefined;
-    p.once('error', reject);
-    p.stdout.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (line.startsWith('ready ')) {
-          resolve({
-            pid: p.pid!,
-            echo: (s) => new Promise((r) => { waiter = r; p.stdin.write(`${s}\n`); }),
-            stop: () => p.kill('SIGKILL'),
-          });
-        } else waiter?.(line);
-      }
-    });
-  });
-}
-
 t.test('inject a library into a running process and call its entry', async (t) => {
-  const target = await startTarget();
+  const target = await startTarget('target_read');
   t.teardown(() => target.stop());
   const out = `/tmp/nf-inject-cli-${process.pid}`;
   t.teardown(() => rmSync(out, { force: true }));
@@ -55,7 +30,7 @@ t.test('inject a library into a running process and call its entry', async (t) =
 });
 
 t.test('failures exit 1 with the reason; usage errors exit 2', async (t) => {
-  const target = await startTarget();
+  const target = await startTarget('target_read');
   t.teardown(() => target.stop());
   const missing = await cli(['inject', String(target.pid), '/nonexistent/libnope.so']);
   t.equal(missing.code, 1, 'a library the target cannot load');

@@ -4,38 +4,10 @@ import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { NATIVE_BUILD } from '../common/paths.js';
 import { inject } from '../launcher/injector.js';
-import { spawnProcess } from '../launcher/spawn.js';
 import type { Isolation } from '../proto/merge-wire.js';
 import { startLocalStack, type LocalStack } from '../launcher/local-stack.js';
 import { FIXTURE_CONFIG, loadLoop, post, waitFor } from './helpers.js';
-
-/**
- * A test target, started the way the launcher starts workers (posix_spawn, not
- * child_process: libuv would take the tracee's ptrace stops for exits).
- * Its stdin/stdout are our socketpair.
- */
-function startTarget(name: string): Promise<{ pid: number; echo(s: string): Promise<string>; stop(): void }> {
-  return new Promise((resolve) => {
-    const p = spawnProcess({ file: join(NATIVE_BUILD, 'targets', name), args: [], env: process.env, stdioOnControl: true });
-    let buf = '';
-    let waiter: ((line: string) => void) | undefined;
-    p.control.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (line.startsWith('ready ')) {
-          setTimeout(() => resolve({
-            pid: p.pid,
-            echo: (s) => new Promise((r) => { waiter = r; p.control.write(`${s}\n`); }),
-            stop: () => p.kill('SIGKILL'),
-          }), 10);
-        } else waiter?.(line);
-      }
-    });
-  });
-}
+import { startTarget } from './targets.js';
 
 t.test('koffi binding: typed report, off the event loop', async (t) => {
   const target = await startTarget('target_read');
