@@ -8,12 +8,34 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 export const CLI = join(ROOT, 'bin', 'nightfuse.js');
 export const FIXTURE_CONFIG = join(ROOT, 'test', 'fixtures', 'func_config.json');
+
+/**
+ * A free port for a server that cannot bind port 0 itself (the launcher's
+ * --probe_port, where 0 means off). It comes from below the kernel's ephemeral
+ * range, where no port-0 server of another test file can land between this
+ * check and the server's bind; the random pick keeps files apart from each other.
+ */
+export async function freePort(): Promise<number> {
+  const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+  const top = Math.max(2048, low) - 1;
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 1024 + Math.floor(Math.random() * (top - 1024));
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error('no free port below the ephemeral range');
+}
 
 export interface HttpResult {
   status: number;
