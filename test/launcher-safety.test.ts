@@ -64,16 +64,17 @@ t.test('reuses an IPC root left behind by a launcher that was killed', async (t)
 });
 
 t.test('refuses the Nightcore flags it does not support, before touching anything', async (t) => {
-  for (const [flag, why] of [
+  const cases = [
     ['--engine_tcp_port=10010', /--engine_tcp_port is not supported/],
     ['--func_worker_use_engine_socket', /--func_worker_use_engine_socket is not supported/],
     ['--use_fifo_for_nested_call', /--use_fifo_for_nested_call is not supported/],
-  ] as const) {
-    const root = uniqueIpcRoot('flags');
-    const r = await launcher([`--root_path_for_ipc=${root}`, flag]);
-    t.not(r.code, 0, `${flag}: refused`);
-    t.match(r.stderr, why, `${flag}: says why`);
-    t.notOk(existsSync(root), `${flag}: no IPC root created`);
+  ] as const;
+  const roots = cases.map(() => uniqueIpcRoot('flags'));
+  const runs = await Promise.all(cases.map(([flag], i) => launcher([`--root_path_for_ipc=${roots[i]}`, flag])));
+  for (const [i, [flag, why]] of cases.entries()) {
+    t.not(runs[i].code, 0, `${flag}: refused`);
+    t.match(runs[i].stderr, why, `${flag}: says why`);
+    t.notOk(existsSync(roots[i]), `${flag}: no IPC root created`);
   }
 });
 
@@ -127,11 +128,13 @@ t.test('--merging=false: no decision loop, no injection, manual merges refused',
   const off = await startStack({ gatewayFlags: [`--admin_token=${TOKEN}`, `--merge_policy_file=${policy}`], launcherFlags: ['--merge_tick_ms=200', '--merging=false'] });
   t.teardown(() => off.stop());
   const loads = [stack, off].map((s) => loadLoop(s.httpPort, '/function/Foo', (i) => `off-${i}`, (i) => `From function Bar: off-${i}, World\n`, 2));
+  t.teardown(() => Promise.all(loads.map((l) => l.stop()))); // also when a check below throws
   // The same policy with merging on merges Foo<-Bar at once ...
   await waitFor(async () => ((await admin(stack.httpPort, TOKEN, 'GET', '/merges')).data as any[]).some((m) => m.caller === 'Foo' && m.callee === 'Bar' && m.state === 'merged'), 15000, 'Foo<-Bar merged where merging is on');
   // ... while the node with merging off reports, but runs no decision round at all.
   const node = async () => (await admin(off.httpPort, TOKEN, 'GET', '/nodes')).data[0];
-  const first = await node();
+  let first: any;
+  await waitFor(async () => (first = await node())?.lastReport, 10000, 'a first report on the control plane');
   await waitFor(async () => Date.parse((await node()).lastReport) > Date.parse(first.lastReport) + 1500, 10000, 'two more reports');
   t.equal((await node()).ticks, 0, 'no decision round ran');
   t.same((await admin(off.httpPort, TOKEN, 'GET', '/merges')).data, [], 'nothing merged');

@@ -151,11 +151,13 @@ t.test('SIGHUP reloads the policy file (the watcher cannot see this change); the
 t.test('auto mode: hysteresis between the merge and the unmerge rates', async (t) => {
   await putPolicy(t, policyText());
   const fast = loadLoop(stack.httpPort, '/function/Foo', (i) => `hot-${i}`, (i) => `From function Bar: hot-${i}, World\n`, 2);
+  t.teardown(() => fast.stop());
   await waitFor(() => fullyMerged('Foo', 'Bar', 2), 20000, 'Foo<-Bar merged automatically under load');
   await fast.stop();
   // About 10 calls/s: under the 20 needed to merge, over the 2 below which it unmerges.
   const since = Date.now();
   const slow = loadLoop(stack.httpPort, '/function/Foo', (i) => `warm-${i}`, (i) => `From function Bar: warm-${i}, World\n`, 1, 100);
+  t.teardown(() => slow.stop());
   await decisionRounds(stack.httpPort, TOKEN, 15); // 3 s of rounds; sustainSec is 1
   const rate = slow.stats.ok / ((Date.now() - since) / 1000); // one Foo->Bar call per Foo call
   t.ok(rate > 2 && rate < 20, `the edge runs at ${rate.toFixed(1)} calls/s`);
@@ -165,9 +167,10 @@ t.test('auto mode: hysteresis between the merge and the unmerge rates', async (t
   await waitFor(async () => !(await mergeOf('Foo', 'Bar')), 10000, 'unmerged once the calls stop');
   const unmergedAt = Date.now();
   t.ok(((await admin('GET', '/events')).data as any[]).some((e) => e.kind === 'unmerged' && e.callee === 'Bar' && /cooled down|no calls/.test(e.reason)), 'because it cooled down');
-  // The same warm rate does not merge it again (cooldown 2 s, then 3 s of rounds).
+  // The same warm rate does not merge it again (cooldown 2 s, then 2 s of rounds).
   const again = loadLoop(stack.httpPort, '/function/Foo', (i) => `w2-${i}`, (i) => `From function Bar: w2-${i}, World\n`, 1, 100);
-  await decisionRounds(stack.httpPort, TOKEN, 25);
+  t.teardown(() => again.stop());
+  await decisionRounds(stack.httpPort, TOKEN, 20);
   await again.stop();
   t.notOk(((await admin('GET', '/events')).data as any[]).some((e) => e.kind === 'decision' && e.callee === 'Bar' && e.at_ms >= unmergedAt), 'no merge decision at the warm rate');
   for (const l of [fast, slow, again]) t.same(l.stats.bad, [], 'every answer right');

@@ -5,6 +5,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { admin, alive, cli, descendants, post, readyPorts, startProcess, stopProcess, uniqueIpcRoot, waitFor } from './helpers.js';
 
 const TOKEN = 'up-test-token';
+// Each subtest runs its own `up` on its own ports and IPC root: two at a time.
+t.jobs = 2;
 
 async function up() {
   const ipcRoot = uniqueIpcRoot('up');
