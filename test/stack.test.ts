@@ -144,7 +144,8 @@ t.test('malformed gRPC framing gets HTTP 400, server keeps serving', async (t) =
 t.test('malformed HTTP and malformed wire messages: the gateway closes the connection, nothing crashes', async (t) => {
   // Our own timer is only a backstop: each case must see the gateway end the connection well before it.
   const BACKSTOP_MS = 5000;
-  const rawExchange = (port: number, data: Buffer) => new Promise<{ got: string; closedBy: 'gateway' | 'backstop'; ms: number }>((resolve) => {
+  // `after`: sent once `admitted` holds (the gateway refuses anything pipelined behind a handshake).
+  const rawExchange = (port: number, data: Buffer, after?: Buffer, admitted?: () => Promise<boolean>) => new Promise<{ got: string; closedBy: 'gateway' | 'backstop'; ms: number }>((resolve) => {
     const t0 = Date.now();
     const s = net.connect(port, '127.0.0.1');
     let got = '';
@@ -160,7 +161,10 @@ t.test('malformed HTTP and malformed wire messages: the gateway closes the conne
     });
     s.on('error', () => {});
     s.write(data);
+    if (after && admitted) void waitFor(admitted, 3000, 'the fake engine admitted').then(() => s.write(after), () => s.destroy());
   });
+  const nodes = async () => Number(/nightfuse_gateway_connected_nodes (\d+)/.exec((await request(stack.httpPort, 'GET', '/metrics')).body.toString())?.[1]);
+  const asSecondNode = async () => (await nodes()) === 2;
   const closed = (r: { closedBy: string; ms: number }, what: string) =>
     t.ok(r.closedBy === 'gateway' && r.ms < BACKSTOP_MS, `${what}: the gateway closed the connection (after ${r.ms} ms)`);
   const bad = await rawExchange(stack.httpPort, Buffer.from('GARBAGE GARBAGE\r\n\r\n'));
@@ -169,9 +173,10 @@ t.test('malformed HTTP and malformed wire messages: the gateway closes the conne
   closed(await rawExchange(stack.enginePort, Buffer.from('0f00000000000000000000000000000000', 'hex')), 'unknown message type before the handshake');
   const negative = encodeGatewayHeader(MessageType.FUNC_CALL_COMPLETE, 1n, 0);
   negative.writeInt32LE(-5, 12);
-  closed(await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(999, 0), negative])), 'negative payload size');
+  closed(await rawExchange(stack.enginePort, encodeEngineHandshake(999, 0), negative, asSecondNode), 'negative payload size');
   // A plausible header of a type engines never send (here DISPATCH with a 1.7 GB "payload"): refused, not buffered.
-  closed(await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(998, 0), Buffer.from('garbage bytes that are no header')])), 'garbage after the handshake');
+  closed(await rawExchange(stack.enginePort, encodeEngineHandshake(998, 0), Buffer.from('garbage bytes that are no header'), asSecondNode), 'garbage after the handshake');
+  closed(await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(997, 0), negative])), 'a frame pipelined behind the handshake');
   closed(await rawExchange(stack.enginePort, encodeGatewayHeader(MessageType.FUNC_CALL_COMPLETE, 1n, 0)), 'a result before the handshake');
   await waitFor(async () => (await request(stack.httpPort, 'GET', '/metrics')).body.toString().includes('nightfuse_gateway_connected_nodes 1'), 5000, 'fake engines gone');
   const r = await post(stack.httpPort, '/function/Foo', 'alive');
