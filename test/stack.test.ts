@@ -174,8 +174,9 @@ t.test('malformed HTTP and malformed wire messages: the gateway closes the conne
   const negative = encodeGatewayHeader(MessageType.FUNC_CALL_COMPLETE, 1n, 0);
   negative.writeInt32LE(-5, 12);
   closed(await rawExchange(stack.enginePort, encodeEngineHandshake(999, 0), negative, asSecondNode), 'negative payload size');
-  // A plausible header of a type engines never send (here DISPATCH with a 1.7 GB "payload"): refused, not buffered.
+  // Plausible headers of a type engines never send (DISPATCH; with a 1.7 GB "payload", then a small one): refused, not buffered.
   closed(await rawExchange(stack.enginePort, encodeEngineHandshake(998, 0), Buffer.from('garbage bytes that are no header'), asSecondNode), 'garbage after the handshake');
+  closed(await rawExchange(stack.enginePort, encodeEngineHandshake(996, 0), Buffer.concat([encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, 1n, 4), Buffer.from('call')]), asSecondNode), 'a DISPATCH from an engine');
   closed(await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(997, 0), negative])), 'a frame pipelined behind the handshake');
   closed(await rawExchange(stack.enginePort, encodeGatewayHeader(MessageType.FUNC_CALL_COMPLETE, 1n, 0)), 'a result before the handshake');
   await waitFor(async () => (await request(stack.httpPort, 'GET', '/metrics')).body.toString().includes('nightfuse_gateway_connected_nodes 1'), 5000, 'fake engines gone');
