@@ -44,8 +44,10 @@ export function nightcoreDate(now = Date.now()): string {
 export function sendPlain(res: http.ServerResponse, status: number, body: Buffer | string, contentType = 'text/plain'): void {
   const b = typeof body === 'string' ? Buffer.from(body) : body;
   res.sendDate = false;
+  // Node keeps a connection the client asked to close open when the header says Keep-Alive: say close then.
+  const keepAlive = (res as { shouldKeepAlive?: boolean }).shouldKeepAlive !== false;
   res.writeHead(status, STATUS_TEXT[status] ?? '', [
-    'Date', nightcoreDate(), 'Server', 'FaaS/0.1', 'Connection', 'Keep-Alive', 'Content-Type', contentType,
+    'Date', nightcoreDate(), 'Server', 'FaaS/0.1', 'Connection', keepAlive ? 'Keep-Alive' : 'close', 'Content-Type', contentType,
     'Content-Length', String(b.length),
   ]);
   res.end(b);
