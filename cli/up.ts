@@ -5,11 +5,16 @@
  * dies.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
 import { parseFlags, type FlagSpecs, flagHelp, secretFlag } from '../common/flags.js';
 import { randomBytes } from 'node:crypto';
+import { logFormat } from '../common/log.js';
+import { DEFAULT_POLICY, loadPolicy } from '../common/policy.js';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
+import { upHints } from './up-hints.js';
+import { newToken, readState, statePath, writeState } from './state.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
 import { checkClusterToken } from '../common/cluster-auth.js';
@@ -22,7 +27,7 @@ const UP_FLAGS = {
   func_config_file: { type: 'string', default: EXAMPLE_CONFIG, help: 'func_config.json (default: the bundled examples)' },
   control_port: { type: 'int', default: 10008, help: 'control plane port (-1: off)', min: -1, max: 65535 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
-  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN or --admin_token_file, else a random one, printed)' },
+  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN or --admin_token_file, else the one kept in the state file, $XDG_STATE_HOME/nightfuse/up.json, else a new one kept there)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
@@ -79,17 +84,30 @@ export async function runUp(argv: string[]): Promise<void> {
   // Validate the config here so a mistake is reported once, clearly.
   const config = loadFuncConfig(f.func_config_file);
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
-  f.admin_token = secretFlag(parsed, 'admin_token') || randomBytes(12).toString('hex');
+  const policy = f.merge_policy_file ? loadPolicy(f.merge_policy_file) : DEFAULT_POLICY;
+  // The token: --admin_token(_file) or NIGHTFUSE_ADMIN_TOKEN(_FILE), else the state file's (made once), so exports survive restarts.
+  const stateFile = statePath();
+  let tokenNote: string;
+  const givenToken = secretFlag(parsed, 'admin_token');
+  const onCommandLine = given.has('admin_token') || given.has('admin_token_file');
   given.delete('admin_token_file'); // read here: the gateway gets the token itself
+  if (givenToken) {
+    f.admin_token = givenToken;
+    tokenNote = onCommandLine ? 'from the command line' : 'from the environment';
+  } else {
+    const { state, problem } = readState(stateFile);
+    if (problem) process.stderr.write(`nightfuse up: ${problem}\n`);
+    f.admin_token = state?.adminToken ?? newToken();
+    tokenNote = `${state ? 'reused from' : 'new, kept in'} ${stateFile}`;
+  }
   // Our own processes authenticate each other: a token of our own unless the operator gave one.
   const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token')) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
-  given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
   const pass = (keys: Set<string>, extra: Record<string, string | number | boolean>) => {
     const out: string[] = [];
     for (const [k, v] of Object.entries(f)) {
-      if (!keys.has(k)) continue;
+      if (!keys.has(k) || k === 'admin_token') continue; // the token goes by environment: argv is visible to every user in ps
       if (!given.has(k) && !['listen_addr', 'func_config_file', 'control_port'].includes(k)) continue;
       out.push(`--${k}=${v}`);
     }
@@ -120,8 +138,12 @@ export async function runUp(argv: string[]): Promise<void> {
   process.on('SIGINT', () => void stopAll(0, 'SIGINT'));
   process.on('SIGTERM', () => void stopAll(0, 'SIGTERM'));
 
-  const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '' } });
+  // Children log through us, line by line, so a log line never splits our own output.
+  const { NIGHTFUSE_ADMIN_TOKEN: _token, NIGHTFUSE_ADMIN_TOKEN_FILE: _tokenFile, ...parentEnv } = process.env;
+  const childEnv = { ...parentEnv, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '', NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
+  const start = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...childEnv, ...env } });
+    createInterface({ input: c.stderr!, crlfDelay: Infinity }).on('line', (l) => process.stderr.write(`${l}\n`));
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {
@@ -132,7 +154,8 @@ export async function runUp(argv: string[]): Promise<void> {
     return c;
   };
   try {
-    const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})]);
+    // Only the gateway gets the token: the launcher's environment reaches every worker.
+    const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})], { NIGHTFUSE_ADMIN_TOKEN: f.admin_token });
     const m = await waitForLine(gw, /gateway ready http=(\S+):(\d+) grpc=\S+:(\d+) engine=\S+:(\d+) control=\S+:(-?\d+)/, 'gateway', 15000);
     const [, host, httpPort, grpcPort, enginePort, controlPort] = m;
     const gwHost = host === '0.0.0.0' ? '127.0.0.1' : host;
@@ -141,26 +164,11 @@ export async function runUp(argv: string[]): Promise<void> {
     })]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
     await waitForNode(gwHost, Number(httpPort), 10000);
-    process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
-    if (!f.quiet) {
-      const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);
-      process.stdout.write(
-        [
-          '',
-          'Try it:',
-          plain ? `  curl -X POST -d Hello http://${gwHost}:${httpPort}/function/${plain.funcName}` : '',
-          `  curl http://${gwHost}:${httpPort}/metrics | grep nightfuse_edge`,
-          '',
-          `Watch Bar get merged into Foo's workers once Foo is hot (policy: ${f.merge_policy_file || 'built-in defaults'}):`,
-          `  export NIGHTFUSE_GATEWAY=http://${gwHost}:${httpPort} NIGHTFUSE_ADMIN_TOKEN=${f.admin_token}`,
-          `  for i in $(seq 3000); do curl -s -X POST -d Hi $NIGHTFUSE_GATEWAY/function/Foo > /dev/null; done &`,
-          '  npx nightfuse merges        # Foo <- Bar appears after a few seconds of load',
-          '  npx nightfuse edges         # localCalls grow: the calls no longer cross IPC',
-          'Stop with Ctrl-C.',
-          '',
-        ].filter((l) => l !== '').join('\n') + '\n',
-      );
-    }
+    const http = `http://${gwHost}:${httpPort}`;
+    if (!tokenNote.startsWith('from ')) writeState(stateFile, { adminToken: f.admin_token, gateway: http });
+    // One write: the ready line and the hints reach the terminal whole, never interleaved with a log line.
+    process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n` +
+      (f.quiet ? '' : upHints({ config, policy, policyFile: f.merge_policy_file, http, token: f.admin_token, tokenNote })));
   } catch (err) {
     process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
     await stopAll(1);

@@ -219,7 +219,7 @@ export class AdminRouter {
       for (const [name, spec] of Object.entries(route.query)) {
         const v = q.get(name);
         if (v === null) continue;
-        const value = /^-?\d{1,15}$/.test(v) ? Number(v) : v;
+        const value = /^-?\d{1,16}$/.test(v) ? Number(v) : v; // 16 digits: event seqs (Date.now() * 1000) have them; the schema bounds the value
         const errors = check(spec.schema, value, `query.${name}`);
         if (errors) return invalid('query', errors);
         query[name] = value;

@@ -21,7 +21,6 @@ import { AdminView } from './admin-view.js';
 import type { ControlServer } from './control-server.js';
 import type { DesiredState } from './desired-state.js';
 import type { EngineServer } from './engine-server.js';
-import type { MetricFamily } from './metrics.js';
 
 export const ADMIN_PREFIX = '/admin/v1';
 
@@ -244,21 +243,5 @@ export class AdminApi {
 
   private nodeStats() {
     return [...(this.o.control?.nodes.values() ?? [])];
-  }
-
-  /** Merge metrics from the launchers' reports. */
-  metricFamilies(): MetricFamily[] {
-    const merges: MetricFamily = { name: 'nightfuse_merges', help: 'Merged callees: workers of the caller the merge is in force in', type: 'gauge', samples: [] };
-    const decisions: MetricFamily = { name: 'nightfuse_merge_decisions_total', help: 'Merge decisions taken by launchers, by kind', type: 'counter', samples: [] };
-    for (const n of this.nodeStats()) {
-      for (const m of n.stats?.merges ?? []) {
-        merges.samples.push({ labels: { node: n.hello.node_id, caller: m.caller, callee: m.callee, isolation: m.isolation, state: m.state }, value: m.workers_merged });
-      }
-      for (const [kind, v] of Object.entries(n.stats?.decisions ?? {})) decisions.samples.push({ labels: { node: n.hello.node_id, kind }, value: Number(v) });
-    }
-    const reloads: MetricFamily = { name: 'nightfuse_policy_reloads_total', help: 'Merge policy reloads, applied or refused', type: 'counter', samples: [
-      { labels: { result: 'ok' }, value: this.o.policy.reloads.ok }, { labels: { result: 'refused' }, value: this.o.policy.reloads.refused },
-    ] };
-    return [merges, decisions, reloads];
   }
 }

@@ -111,6 +111,7 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     running: () => dispatcher.runningCount - dispatcher.queuedCount,
     queued: () => dispatcher.queuedCount,
     nodes: () => engines.nodes.size,
+    functions: o.config.entries.map((e) => e.funcName),
   });
   let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean) | undefined;
   let drain!: GatewayDrain;
@@ -148,7 +149,8 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const consoleUi = new ConsoleServer();
   metrics.cluster = {
     nodeStats: () => control?.nodeStats() ?? new Map(),
-    extra: () => [...admin.metricFamilies(), ...clusterFamilies(engines, control, dispatcher)],
+    policyReloads: () => policy.reloads,
+    extra: () => clusterFamilies(engines, control, dispatcher),
   };
   extra = (req, res, path, query) => admin.handle(req, res, path, query) || consoleUi.handle(req, res, path);
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);

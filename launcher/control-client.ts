@@ -83,6 +83,8 @@ export class ControlClient {
         caller: e.caller, callee: e.callee, calls: e.calls, failures: e.failures, input_bytes: e.inputBytes,
         output_bytes: e.outputBytes, dispatch_delay_us: e.dispatchDelayUs, processing_us: e.processingUs,
         rpc_us: e.rpcUs, queue_us: e.queueUs, rate_per_sec: e.ratePerSec, local_calls: e.localCalls,
+        rpc_us_buckets: Array.from(e.rpcBuckets), processing_us_buckets: Array.from(e.processingBuckets),
+        local_failures: e.localFailures, local_processing_us: e.localProcessingUs,
       })),
       merges: [],
       ...this.o.extraStats?.(),

@@ -175,7 +175,7 @@ export class MergeControl {
         if (type === MpType.FAULT) {
           try {
             const fault = decodeFault(f);
-            this.o.log.error({ worker: session.worker.clientId, pid: session.hello.pid, ...fault }, 'merged callee faulted; its route is off');
+            this.o.log.error({ worker: session.worker.clientId, workerPid: session.hello.pid, ...fault }, 'merged callee faulted; its route is off');
             this.o.onFault?.(session, fault);
           } catch (err) {
             this.o.log.warn({ err: (err as Error).message }, 'malformed FAULT event');
@@ -239,7 +239,7 @@ export class MergeControl {
     }
     this.injections.push(report);
     if (this.injections.length > 1000) this.injections.shift();
-    this.o.log.info({ worker: w.clientId, pid: w.pid, entry, ok: report.ok, stoppedUs: Math.round(report.stoppedUs), totalUs: Math.round(report.totalUs), error: report.error || undefined }, 'merge runtime injection');
+    this.o.log.info({ worker: w.clientId, workerPid: w.pid, entry, ok: report.ok, stoppedUs: Math.round(report.stoppedUs), totalUs: Math.round(report.totalUs), error: report.error || undefined }, 'merge runtime injection');
     return { report, session };
   }
 

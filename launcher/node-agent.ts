@@ -289,7 +289,7 @@ export class NodeAgent {
         proc.kill('SIGKILL');
       }
     }, this.opts.handshakeTimeoutMs ?? 10000);
-    this.log.debug({ func: e.funcName, clientId, pid: proc.pid }, 'worker spawned');
+    this.log.debug({ func: e.funcName, clientId, workerPid: proc.pid }, 'worker spawned');
     return w;
   }
 
@@ -358,7 +358,7 @@ export class NodeAgent {
     sock.write(encodeIpc({ type: MessageType.HANDSHAKE_RESPONSE, fullCallId: 0n, payloadSize: 0, flags: 0 }));
     w.state = 'idle';
     w.pool.crashStreak = 0;
-    this.log.debug({ func: w.pool.entry.funcName, clientId, pid: w.pid }, 'worker ready');
+    this.log.debug({ func: w.pool.entry.funcName, clientId, workerPid: w.pid }, 'worker ready');
     this.onWorkerReady?.(w);
     this.releaseWorker(w);
   }
@@ -379,7 +379,7 @@ export class NodeAgent {
     const call = w.current;
     w.current = undefined;
     if (!this.stopping) {
-      this.log.warn({ func: pool.entry.funcName, clientId: w.clientId, pid: w.pid, reason, inFlight: call ? String(call.id) : null }, 'worker gone');
+      this.log.warn({ func: pool.entry.funcName, clientId: w.clientId, workerPid: w.pid, reason, inFlight: call ? String(call.id) : null }, 'worker gone');
     }
     if (call) this.finishFailed(call, `worker ${w.clientId} died`);
     const waiter = w.heldWaiter;

@@ -28,6 +28,26 @@ export interface FunctionStats {
 export interface EdgeStatsMsg {
   caller: string; callee: string; calls: number; failures: number; input_bytes: number; output_bytes: number;
   dispatch_delay_us: number; processing_us: number; rpc_us: number; queue_us: number; rate_per_sec: number; local_calls: number;
+  /** per-slot (not cumulative) counts, layout: edgeBucket */
+  rpc_us_buckets: number[]; processing_us_buckets: number[]; local_failures: number; local_processing_us: number;
+}
+
+/**
+ * The edge latency histograms' bucket layout (EdgeStats.rpc_us_buckets and
+ * processing_us_buckets): powers of two of microseconds, so finding the slot
+ * on the launcher's call path is one clz32. Slot i < EDGE_BUCKET_BOUNDS holds
+ * t < 2^i µs (and t >= 2^(i-1) µs); the last slot holds the rest.
+ */
+export const EDGE_BUCKET_BOUNDS = 25;
+export const EDGE_BUCKET_SLOTS = EDGE_BUCKET_BOUNDS + 1;
+
+export function edgeBucket(us: number): number {
+  return us >= 1 << (EDGE_BUCKET_BOUNDS - 1) ? EDGE_BUCKET_BOUNDS : 32 - Math.clz32(us);
+}
+
+/** Upper bound of slot i in seconds (Prometheus `le`); Infinity for the last slot. */
+export function edgeBucketLe(i: number): number {
+  return i < EDGE_BUCKET_BOUNDS ? 2 ** i / 1e6 : Infinity;
 }
 export interface MergeStateMsg {
   caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string;

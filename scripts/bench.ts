@@ -27,8 +27,8 @@ async function scrapeEdge(httpPort: number): Promise<{ calls: number; rpc: numbe
   const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
   const get = (name: string) => Number(new RegExp(`^${name}\\{[^}]*caller="Foo",callee="Bar"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
   return {
-    calls: get('nightfuse_edge_calls_total'), rpc: get('nightfuse_edge_rpc_seconds_total'),
-    proc: get('nightfuse_edge_processing_seconds_total'), delay: get('nightfuse_edge_dispatch_delay_seconds_total'),
+    calls: get('nightfuse_edge_ipc_calls_total'), rpc: get('nightfuse_edge_rpc_duration_seconds_sum'),
+    proc: get('nightfuse_edge_callee_duration_seconds_sum'), delay: get('nightfuse_edge_dispatch_delay_seconds_total'),
   };
 }
 

@@ -3,7 +3,7 @@
 // the status and the field it deserves (400 naming the field, 413, 404, 405, 401, 403).
 import t from 'tap';
 import { Ajv } from 'ajv';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -130,8 +130,8 @@ t.test('every route that answers is documented', async (t) => {
   const documented = new Map<string, Set<string>>();
   for (const [p, m] of Object.entries(doc.paths as Record<string, object>)) documented.set(fill(p), new Set(Object.keys(m).map((x) => x.toUpperCase())));
   // Candidates: the documented paths, every path the CLI calls, the README's list, and near misses.
-  const cli = readFileSync(join(ROOT, 'cli', 'admin.ts'), 'utf8');
-  const fromCli = [...cli.matchAll(/api\.call\('[A-Z]+', [`'](\/[a-z/]+)/g)].map((m) => `/admin/v1${m[1]}`);
+  const cli = readdirSync(join(ROOT, 'cli')).filter((f) => f.endsWith('.ts')).map((f) => readFileSync(join(ROOT, 'cli', f), 'utf8')).join('\n');
+  const fromCli = [...new Set([...cli.matchAll(/(?:\.call(?:<[^>]*>)?\('[A-Z]+', |\.get(?:<[^>]*>)?\(|path: )[`'](\/[a-z/]+)/g)].map((m) => `/admin/v1${m[1]}`))];
   const readmeAll = readFileSync(join(ROOT, 'README.md'), 'utf8');
   const readme = readmeAll.slice(readmeAll.indexOf('### Admin API'), readmeAll.indexOf('\n### ', readmeAll.indexOf('### Admin API') + 5));
   const fromReadme = [...readme.matchAll(/`(?:GET|POST|PUT|DELETE) ([a-z./\\|]+)/g)].flatMap((m) => m[1].split(/\\?\|/)).map((p) => `/admin/v1/${p.replace(/^\//, '')}`);

@@ -54,8 +54,8 @@ t.test('admin API: refused without the token', async (t) => {
   t.equal((await admin('GET', '/status', undefined, 'wrong')).status, 401);
   t.equal((await admin('GET', '/status')).status, 200);
   const r = await cli(['merges', '--admin_token=wrong']);
-  t.equal(r.code, 1, 'CLI exits non-zero on refusal');
-  t.match(r.stderr, /refused \(HTTP 401\)/);
+  t.equal(r.code, 3, 'CLI exits 3 when the token is refused');
+  t.match(r.stderr, /refused the admin token \(HTTP 401\)/);
 });
 
 t.test('auto policy: under continuous load Bar is merged into every Foo worker; cooling unmerges; nothing lost', async (t) => {
@@ -71,7 +71,7 @@ t.test('auto policy: under continuous load Bar is merged into every Foo worker; 
     text = await metrics(stack.httpPort);
     return (metricValue(text, 'nightfuse_edge_local_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0;
   }, 10000, 'local calls reported');
-  t.ok((metricValue(text, 'nightfuse_merges', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 2, 'merge shows in metrics');
+  t.ok((metricValue(text, 'nightfuse_merge_workers', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 2, 'merge shows in metrics');
   t.ok((metricValue(text, 'nightfuse_edge_local_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0, 'local calls counted on the edge');
   t.ok((metricValue(text, 'nightfuse_merge_decisions_total', { kind: 'merge' }) ?? 0) >= 1, 'decision counted');
   const events = (await admin('GET', '/events')).data as any[];

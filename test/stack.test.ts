@@ -188,15 +188,16 @@ t.test('malformed HTTP and malformed wire messages: the gateway closes the conne
 t.test('metrics show per-function counters and the Foo->Bar edge', async (t) => {
   await waitFor(async () => {
     const m = (await request(stack.httpPort, 'GET', '/metrics')).body.toString();
-    return (metricValue(m, 'nightfuse_edge_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 70;
+    return (metricValue(m, 'nightfuse_edge_ipc_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 70;
   }, 5000, 'edge stats reported');
   const m = (await request(stack.httpPort, 'GET', '/metrics')).body.toString();
   t.ok((metricValue(m, 'nightfuse_edge_input_bytes_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 1 << 20, 'edge input bytes');
-  t.ok((metricValue(m, 'nightfuse_edge_rpc_seconds_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0, 'edge round-trip time');
-  t.ok((metricValue(m, 'nightfuse_edge_calls_total', { caller: 'Faulty', callee: 'Crashy' }) ?? 0) >= 2, 'Faulty->Crashy edge');
-  t.ok((metricValue(m, 'nightfuse_gateway_requests_total', { function: 'Foo', status: '200' }) ?? 0) >= 70, 'gateway request counter');
+  t.ok((metricValue(m, 'nightfuse_edge_rpc_duration_seconds_sum', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0, 'edge round-trip time');
+  t.ok((metricValue(m, 'nightfuse_edge_rpc_duration_seconds_bucket', { caller: 'Foo', callee: 'Bar', le: '+Inf' }) ?? 0) >= 70, 'edge round-trip histogram');
+  t.ok((metricValue(m, 'nightfuse_edge_ipc_calls_total', { caller: 'Faulty', callee: 'Crashy' }) ?? 0) >= 2, 'Faulty->Crashy edge');
+  t.ok((metricValue(m, 'nightfuse_gateway_http_requests_total', { function: 'Foo', code: '200' }) ?? 0) >= 70, 'gateway request counter');
   t.ok((metricValue(m, 'nightfuse_function_calls_total', { function: 'Bar' }) ?? 0) >= 70, 'launcher function counter');
-  t.match(m, /nightfuse_gateway_request_duration_seconds_bucket\{le="0.001",function="Foo",protocol="http"\}/);
+  t.match(m, /nightfuse_gateway_request_duration_seconds_bucket\{function="Foo",protocol="http",le="0.001024"\}/);
 });
 
 t.test('gateway restart: the launcher reconnects and calls flow again', async (t) => {
@@ -207,7 +208,7 @@ t.test('gateway restart: the launcher reconnects and calls flow again', async (t
   // The control plane re-attaches too: the new gateway gets the launcher's reports.
   await waitFor(async () => {
     const m = (await request(stack.httpPort, 'GET', '/metrics')).body.toString();
-    return (metricValue(m, 'nightfuse_edge_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0;
+    return (metricValue(m, 'nightfuse_edge_ipc_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0;
   }, 10000, 'launcher reports reaching the restarted gateway');
   t.pass('control plane re-attached after the gateway restart');
 });

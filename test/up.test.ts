@@ -75,9 +75,9 @@ t.test('ready line, a working stack, status and edges from the CLI; SIGINT stops
   t.ok(JSON.parse(ej.stdout).find((e: any) => e.caller === 'Foo' && e.callee === 'Bar').calls >= 20, 'edges --json: Foo->Bar counted');
   const et = await cli(['edges'], s.env);
   t.equal(et.code, 0);
-  t.match(et.stdout, /\n\d+\s+Foo\s+Bar\s+\S+\s+\d+\s/, 'edges table shows Foo -> Bar');
+  t.match(et.stdout, /\n\d+\s+Foo\s+Bar\s+(ipc|merging|merged|unmerging)\s+\S+\s+\d+\s/, 'edges table shows Foo -> Bar and its path');
   const refused = await cli(['status'], { ...s.env, NIGHTFUSE_ADMIN_TOKEN: 'wrong' });
-  t.equal(refused.code, 1, 'a wrong token exits 1');
+  t.equal(refused.code, 3, 'a wrong token exits 3 (cannot reach the gateway or wrong token)');
 
   const exit = await stopProcess(s.child, 'SIGINT');
   t.same(exit, { code: 0, signal: null }, 'up exits 0 on SIGINT');
