@@ -15,6 +15,7 @@ import * as grpc from '@grpc/grpc-js';
 import { nonce, proof, proofMatches, INSTANCE_BYTES } from '../common/cluster-auth.js';
 import type { Logger } from '../common/log.js';
 import { randomInt } from 'node:crypto';
+import { SilenceWatch } from '../common/silence.js';
 import {
   ControlPlaneService, type CommandResult, type GatewayCommand, type Hello, type MergeEventMsg, type NodeReport, type Stats,
 } from '../proto/control.js';
@@ -27,7 +28,8 @@ export interface AttachedNode {
   instance: string;
   stats: Stats | undefined;
   attachedAt: number;
-  lastSeen: number;
+  /** time since its last message (heartbeats, stats, anything) */
+  silence: SilenceWatch;
   draining: boolean;
   stream: Stream;
   /** commands sent on this stream, awaiting their result */
@@ -83,8 +85,7 @@ export class ControlServer {
       this.server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => {
         if (err) return reject(err);
         if (this.o.silenceMs > 0) {
-          const every = Math.max(50, Math.floor(this.o.silenceMs / 4));
-          this.heartbeat = setInterval(() => this.beat(), every);
+          this.heartbeat = setInterval(() => this.beat(), this.beatMs);
           this.heartbeat.unref();
         }
         resolve(p);
@@ -92,12 +93,17 @@ export class ControlServer {
     });
   }
 
+  private get beatMs(): number {
+    return Math.max(50, Math.floor(this.o.silenceMs / 4));
+  }
+
   private beat(): void {
     const now = Date.now();
     for (const n of [...this.nodes.values()]) {
-      if (now - n.lastSeen > this.o.silenceMs) {
-        this.log.warn({ node: n.hello.node_id, silentMs: now - n.lastSeen }, 'launcher silent on the control plane; giving up on the node');
-        this.detach(n, `silent for ${now - n.lastSeen} ms`, grpc.status.UNAVAILABLE);
+      const silent = n.silence.check();
+      if (silent > this.o.silenceMs) {
+        this.log.warn({ node: n.hello.node_id, silentMs: silent }, 'launcher silent on the control plane; giving up on the node');
+        this.detach(n, `silent for ${silent} ms`, grpc.status.UNAVAILABLE);
         this.onSilent?.(n);
         continue;
       }
@@ -141,7 +147,7 @@ export class ControlServer {
         return;
       }
       if (this.nodes.get(node.hello.node_id) !== node) return; // replaced or dropped: nothing it says counts
-      node.lastSeen = Date.now();
+      node.silence.heard();
       if (r.hello) {
         this.refuse(stream, 'protocol', 'a stream registers one node, once', grpc.status.FAILED_PRECONDITION, { node: node.hello.node_id });
         this.detach(node, 'second hello on the stream');
@@ -211,7 +217,7 @@ export class ControlServer {
     }
     if (existing) this.detach(existing, 'replaced by a new stream of the same launcher');
     const n: AttachedNode = {
-      hello: { ...h, proof: undefined, nonce: undefined, stats: undefined }, instance: inst, stats: h.stats ?? undefined, attachedAt: Date.now(), lastSeen: Date.now(),
+      hello: { ...h, proof: undefined, nonce: undefined, stats: undefined }, instance: inst, stats: h.stats ?? undefined, attachedAt: Date.now(), silence: new SilenceWatch(this.beatMs),
       draining: false, stream, pending: new Map(),
     };
     this.nodes.set(id, n);

@@ -9,6 +9,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { nonce, proof, proofMatches } from '../common/cluster-auth.js';
 import type { Logger } from '../common/log.js';
+import { SilenceWatch } from '../common/silence.js';
 import { ControlPlaneClient, type GatewayCommand, type NodeReport, type Stats } from '../proto/control.js';
 import type { NodeAgent } from './node-agent.js';
 
@@ -31,6 +32,9 @@ export interface ControlClientOptions {
   /** the gateway said nothing for its silence window: the engine link should reconnect too */
   onGatewaySilent?: () => void;
 }
+
+/** Heartbeat period: four per silence window (or the stats interval when the gateway watches no silence). */
+const beatMs = (silenceMs: number, interval: number) => (silenceMs > 0 ? Math.max(50, Math.floor(silenceMs / 4)) : interval);
 
 export class ControlClient {
   private client: grpc.Client | undefined;
@@ -103,7 +107,7 @@ export class ControlClient {
     const ourNonce = nonce();
     let challenge: Buffer | undefined;
     let attached = false;
-    let lastHeard = Date.now();
+    let heard: SilenceWatch | undefined;
     let silenceMs = 0;
     let done = false;
     const authTimer = setTimeout(() => {
@@ -124,7 +128,7 @@ export class ControlClient {
       this.backoff = Math.min(2000, this.backoff * 2);
     };
     call.on('data', (cmd: GatewayCommand) => {
-      lastHeard = Date.now();
+      heard?.heard();
       if (!attached) {
         if (cmd.challenge && !challenge) {
           challenge = Buffer.from(cmd.challenge.nonce);
@@ -151,7 +155,8 @@ export class ControlClient {
           silenceMs = cmd.welcome.silence_ms;
           this.o.log.info({ gateway: `${this.o.host}:${this.o.port}`, authenticated: Boolean(token) }, 'attached to the control plane');
           this.sendStats(); // the gateway's view is current at once
-          this.startTimers(call, () => lastHeard, silenceMs);
+          heard = new SilenceWatch(beatMs(silenceMs, this.o.intervalMs ?? 1000));
+          this.startTimers(call, heard, silenceMs);
           return;
         }
         this.refused('protocol', 'the gateway did not follow the attach protocol');
@@ -170,14 +175,15 @@ export class ControlClient {
     call.on('end', () => retry('stream ended'));
   }
 
-  private startTimers(call: grpc.ClientDuplexStream<NodeReport, GatewayCommand>, lastHeard: () => number, silenceMs: number): void {
+  private startTimers(call: grpc.ClientDuplexStream<NodeReport, GatewayCommand>, heard: SilenceWatch, silenceMs: number): void {
     clearInterval(this.timer);
     const interval = this.o.intervalMs ?? 1000;
-    const beat = silenceMs > 0 ? Math.max(50, Math.floor(silenceMs / 4)) : interval;
+    const beat = beatMs(silenceMs, interval);
     let sinceStats = 0;
     this.timer = setInterval(() => {
-      if (silenceMs > 0 && Date.now() - lastHeard() > silenceMs) {
-        this.o.log.warn({ silentMs: Date.now() - lastHeard() }, 'gateway silent on the control plane; reconnecting');
+      const silent = heard.check();
+      if (silenceMs > 0 && silent > silenceMs) {
+        this.o.log.warn({ silentMs: silent }, 'gateway silent on the control plane; reconnecting');
         call.cancel();
         this.o.onGatewaySilent?.();
         return;

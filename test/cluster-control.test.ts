@@ -11,7 +11,7 @@ import { startGatewayProcess, TOKEN, usage } from './adversary.js';
 import { FIXTURE_CONFIG, loadLoop, startProcess, stopProcess, waitFor } from './helpers.js';
 
 const ADMIN = 'admin-token-for-tests';
-const SILENCE_MS = 800;
+const SILENCE_MS = 1500;
 
 async function admin(port: number, method: string, path: string, body?: unknown) {
   const r = await fetch(`http://127.0.0.1:${port}/admin/v1/${path}`, {
