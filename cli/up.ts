@@ -14,6 +14,7 @@ import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
 import { resolveClusterToken } from '../common/cluster-auth.js';
 import { removeIpcRoot } from '../launcher/ipc-files.js';
+import { startOneProcess, type OneProcessStack } from './up-one-process.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -24,6 +25,7 @@ const UP_FLAGS = {
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
   admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN, else a random one, printed)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
+  one_process: { type: 'bool', default: true, help: 'gateway and node agent in this one process, with no TCP hop between them (false: each its own process, as between machines)' },
 } satisfies FlagSpecs;
 
 /** The cluster token reaches both children through the environment, never argv (visible to every user in ps). */
@@ -93,6 +95,35 @@ export async function runUp(argv: string[]): Promise<void> {
     for (const [k, v] of Object.entries(extra)) out.push(`--${k}=${v}`);
     return out;
   };
+  const launcherExtra = (host: string, enginePort: number | string, controlPort: number | string) =>
+    ({ gateway_addr: host, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0 });
+  if (f.one_process) {
+    process.env.NIGHTFUSE_CLUSTER_TOKEN = clusterToken;
+    let stack: OneProcessStack | undefined;
+    let stopping = false;
+    const stopOne = async (code: number, sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      try {
+        await stack?.stop(sig);
+        removeIpcRoot(f.root_path_for_ipc);
+      } catch (err) {
+        process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+      }
+      process.exit(code);
+    };
+    process.on('SIGINT', () => void stopOne(0, 'SIGINT'));
+    process.on('SIGTERM', () => void stopOne(0, 'SIGTERM'));
+    try {
+      stack = await startOneProcess(pass(GATEWAY_KEYS, {}), (p) => pass(LAUNCHER_KEYS, launcherExtra(loopbackOf(f.listen_addr), p.engine, p.control)));
+      const h = loopbackOf(f.listen_addr);
+      printReady(h, stack.ports.http, stack.ports.grpc, stack.ports.engine, stack.ports.control);
+    } catch (err) {
+      process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+      await stopOne(1, 'start-up failed');
+    }
+    return;
+  }
   const children: ChildProcess[] = [];
   let stopping = false;
   const stopAll = async (code: number) => {
@@ -130,12 +161,17 @@ export async function runUp(argv: string[]): Promise<void> {
     const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})]);
     const m = await waitForLine(gw, /gateway ready http=(\S+):(\d+) grpc=\S+:(\d+) engine=\S+:(\d+) control=\S+:(-?\d+)/, 'gateway', 15000);
     const [, host, httpPort, grpcPort, enginePort, controlPort] = m;
-    const gwHost = host === '0.0.0.0' ? '127.0.0.1' : host;
-    const launcher = start(['launcher', ...pass(LAUNCHER_KEYS, {
-      gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
-    })]);
+    const gwHost = loopbackOf(host);
+    const launcher = start(['launcher', ...pass(LAUNCHER_KEYS, launcherExtra(gwHost, enginePort, controlPort))]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
     await waitForNode(gwHost, Number(httpPort), 10000);
+    printReady(gwHost, httpPort, grpcPort, enginePort, controlPort);
+  } catch (err) {
+    process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    await stopAll(1);
+  }
+
+  function printReady(gwHost: string, httpPort: number | string, grpcPort: number | string, enginePort: number | string, controlPort: number | string): void {
     process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
     if (!f.quiet) {
       const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);
@@ -156,9 +192,10 @@ export async function runUp(argv: string[]): Promise<void> {
         ].filter((l) => l !== '').join('\n') + '\n',
       );
     }
-  } catch (err) {
-    process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
-    await stopAll(1);
   }
+}
+
+function loopbackOf(addr: string): string {
+  return addr === '0.0.0.0' ? '127.0.0.1' : addr;
 }
 

@@ -171,7 +171,8 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   };
 }
 
-export async function runGateway(argv: string[]): Promise<RunningGateway | undefined> {
+/** `embedded`: inside `nightfuse up`'s one process, which prints and handles signals itself. */
+export async function runGateway(argv: string[], embedded = false): Promise<RunningGateway | undefined> {
   if (argv.includes('--help')) {
     process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS)}\n`);
     return undefined;
@@ -203,6 +204,7 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
     const r = gw.policy.reloadFile('SIGHUP');
     if (!r.ok) log.error({ errors: r.errors }, 'policy reload on SIGHUP refused');
   });
+  if (embedded) return gw;
   const a = f.listen_addr;
   process.stdout.write(
     `gateway ready http=${a}:${gw.ports.http} grpc=${a}:${gw.ports.grpc} engine=${a}:${gw.ports.engine} control=${a}:${gw.ports.control}\n`,
