@@ -142,6 +142,8 @@ const kConn = Symbol('nightfuse.httpConn');
 interface ConnState {
   queued: number;
   failed: boolean;
+  /** requests parsed past MAX_PIPELINED (node parses a whole read at once): run as earlier answers go out */
+  deferred: (() => void)[];
 }
 
 /** The node internals this module leans on, in one place (a future parser replaces them). */
@@ -153,7 +155,7 @@ type Sock = net.Socket & {
 };
 
 function connState(s: Sock): ConnState {
-  return (s[kConn] ??= { queued: 0, failed: false });
+  return (s[kConn] ??= { queued: 0, failed: false, deferred: [] });
 }
 
 // node's own pipelining backpressure flag: set, node does not resume the socket behind our back.
@@ -170,13 +172,21 @@ function startReading(s: Sock): void {
   s.resume();
 }
 
-/** A request parsed while an earlier one on its connection is unanswered. */
-function pipelined(sock: Sock, res: http.ServerResponse): void {
+/**
+ * A request parsed while an earlier one on its connection is unanswered.
+ * Returns false when it must wait: `run` is called once an earlier answer is out.
+ */
+function pipelined(sock: Sock, res: http.ServerResponse, run: () => void): boolean {
   const st = connState(sock);
-  if (++st.queued >= MAX_PIPELINED) stopReading(sock);
+  const now = ++st.queued <= MAX_PIPELINED;
+  if (!now) st.deferred.push(run);
+  if (st.queued >= MAX_PIPELINED) stopReading(sock);
   res.once('close', () => {
-    if (--st.queued < MAX_PIPELINED && !st.failed) startReading(sock);
+    st.queued--;
+    st.deferred.shift()?.();
+    if (st.queued < MAX_PIPELINED && !st.failed) startReading(sock);
   });
+  return now;
 }
 
 /**
@@ -231,7 +241,12 @@ function splitTarget(url: string): { path: string; query: string } {
 }
 
 function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
-  if (res.socket === null) pipelined(req.socket as Sock, res); // node queues this answer behind an unanswered one
+  // node queues this answer behind an unanswered one
+  if (res.socket === null && !pipelined(req.socket as Sock, res, () => res.destroyed || serve(o, req, res))) return;
+  serve(o, req, res);
+}
+
+function serve(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
   const { path, query } = splitTarget(req.url ?? '/');
   const method = req.method ?? '';
   if (o.extraRoutes?.(req, res, path)) return;

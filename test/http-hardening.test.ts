@@ -122,6 +122,27 @@ t.test('pipelined requests are answered in order, also past the pipelining depth
   t.equal(header(all[2], 'Connection'), 'close');
 });
 
+t.test('a pipelining flood is read only as fast as it is answered', async (t) => {
+  const barDone = async () => {
+    const p = new RawPeer(stack.httpPort);
+    p.write('GET /metrics HTTP/1.1\r\n\r\n');
+    const [m] = await answers(p, 1);
+    p.destroy();
+    return Number(/^nightfuse_gateway_requests_total\{[^}]*function="Bar"[^}]*status="200"[^}]*\} (\d+)/m.exec(m.body.toString())?.[1] ?? 0);
+  };
+  const before = await barDone();
+  const rss0 = procStats(stack.gateway.pid!).rssKiB;
+  const p = new RawPeer(stack.httpPort);
+  // one slow call at the head, then 20000 quick ones: every answer waits behind the head
+  p.write(Buffer.concat([post('/function/Faulty', 'sleep:1500'), ...Array.from({ length: 20000 }, (_, i) => post('/function/Bar', `f${i}`))]));
+  await sleep(1200);
+  const ran = (await barDone()) - before;
+  const rss = procStats(stack.gateway.pid!).rssKiB - rss0;
+  p.destroy();
+  t.ok(ran < 2000, `${ran} of 20000 pipelined calls ran while the head was unanswered (the rest was left unread)`);
+  t.ok(rss < 8 * 1024, `RSS grew ${rss} KiB`);
+});
+
 t.test('header, body and idle timeouts close held connections', async (t) => {
   const at = (p: RawPeer) => p.closedAt - p.openedAt;
   const silent = new RawPeer(stack.httpPort);
