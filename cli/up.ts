@@ -12,6 +12,8 @@ import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
+import { resolveClusterToken } from '../common/cluster-auth.js';
+import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -24,8 +26,10 @@ const UP_FLAGS = {
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
-const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS));
-const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS));
+/** The cluster token reaches both children through the environment, never argv (visible to every user in ps). */
+const TOKEN_KEYS = ['cluster_token', 'cluster_token_file'];
+const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
+const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
 
 function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: number): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
@@ -49,6 +53,21 @@ function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: n
   });
 }
 
+/** Ready means callable: the launcher's connections have been admitted by the gateway. */
+async function waitForNode(host: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const text = await (await fetch(`http://${host}:${port}/metrics`)).text();
+      if (/^nightfuse_gateway_connected_nodes [1-9]/m.test(text)) return;
+    } catch {
+      /* not yet */
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the launcher did not connect to the gateway within ${timeoutMs} ms; see its log above`);
+}
+
 export async function runUp(argv: string[]): Promise<void> {
   if (argv.includes('--help')) {
     process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS)}\n`);
@@ -59,6 +78,8 @@ export async function runUp(argv: string[]): Promise<void> {
   const config = loadFuncConfig(f.func_config_file);
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
   if (!f.admin_token) f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN || randomBytes(12).toString('hex');
+  // Our own processes authenticate each other: a token of our own unless the operator gave one.
+  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
@@ -83,13 +104,19 @@ export async function runUp(argv: string[]): Promise<void> {
       c.kill('SIGTERM');
       setTimeout(() => c.kill('SIGKILL'), 5000).unref();
     })));
+    // Whatever way the launcher ended, its IPC root goes (only if it is one: removeIpcRoot checks).
+    try {
+      removeIpcRoot(f.root_path_for_ipc);
+    } catch (err) {
+      process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    }
     process.exit(code);
   };
   process.on('SIGINT', () => void stopAll(0));
   process.on('SIGTERM', () => void stopAll(0));
 
   const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken } });
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {
@@ -108,6 +135,7 @@ export async function runUp(argv: string[]): Promise<void> {
       gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
     })]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
+    await waitForNode(gwHost, Number(httpPort), 10000);
     process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
     if (!f.quiet) {
       const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);

@@ -21,6 +21,7 @@ import type { Logger } from '../common/log.js';
 import { DEFAULT_POLICY, loadPolicy, parsePolicy, type Policy, PolicyError } from '../common/policy.js';
 import type { MergeEventMsg } from '../proto/control.js';
 import type { ControlServer } from './control-server.js';
+import type { DesiredState } from './desired-state.js';
 import type { MetricFamily } from './metrics.js';
 import { collectBody } from '../common/body.js';
 
@@ -101,6 +102,8 @@ export interface AdminOptions {
   control: ControlServer | undefined;
   policy: PolicyStore;
   log: Logger;
+  /** manual merges the gateway re-applies to launchers that (re)attach */
+  desired?: DesiredState;
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
@@ -253,17 +256,24 @@ export class AdminApi {
     return out;
   }
 
-  /** Runs a command on every node that runs `caller`; 200 if all succeeded. */
-  private async onNodes(res: http.ServerResponse, caller: string, body: Parameters<ControlServer['command']>[1]): Promise<void> {
-    if (!this.o.control) return send(res, 503, { error: 'the control plane is off (--control_port=-1)' });
+  /** Runs a command on every node that runs `caller`; 200 if all succeeded. Resolves to whether any node succeeded. */
+  private async onNodes(res: http.ServerResponse, caller: string, body: Parameters<ControlServer['command']>[1]): Promise<boolean> {
+    if (!this.o.control) {
+      send(res, 503, { error: 'the control plane is off (--control_port=-1)' });
+      return false;
+    }
     const nodes = this.nodeStats().filter((n) => n.stats?.functions.some((f) => f.name === caller && f.workers > 0));
-    if (nodes.length === 0) return send(res, 409, { error: `no node runs a worker of ${caller}` });
+    if (nodes.length === 0) {
+      send(res, 409, { error: `no node runs a worker of ${caller}` });
+      return false;
+    }
     const results = await Promise.all(nodes.map(async (n) => {
       const r = await this.o.control!.command(n.hello.node_id, body, 60000);
       return { node: n.hello.node_id, ok: r.ok, error: r.error || undefined, detail: r.detail_json ? JSON.parse(r.detail_json) : undefined };
     }));
     const ok = results.every((r) => r.ok);
     send(res, ok ? 200 : 409, { ok, results });
+    return results.some((r) => r.ok);
   }
 
   private async merge(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -279,11 +289,14 @@ export class AdminApi {
       return send(res, 400, { error: 'isolation must be one of inline, stack, thread' });
     }
     for (const f of [caller, callee]) if (!this.o.config.byName.has(f)) return send(res, 404, { error: `unknown function ${f}` });
-    return this.onNodes(res, caller, { merge: { caller, callee, isolation: (isolation as string) ?? '' } });
+    const iso = (isolation as string) ?? '';
+    // Desired state: a merge that took effect somewhere is re-applied to nodes that (re)attach.
+    if (await this.onNodes(res, caller, { merge: { caller, callee, isolation: iso } })) this.o.desired?.setMerge(caller, callee, iso);
   }
 
-  private unmerge(res: http.ServerResponse, caller: string, callee: string): Promise<void> {
-    return this.onNodes(res, caller, { unmerge: { caller, callee } });
+  private async unmerge(res: http.ServerResponse, caller: string, callee: string): Promise<void> {
+    this.o.desired?.deleteMerge(caller, callee);
+    await this.onNodes(res, caller, { unmerge: { caller, callee } });
   }
 
   /** Merge metrics from the launchers' reports. */

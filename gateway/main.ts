@@ -11,6 +11,9 @@ import { createHttpFrontend, HTTP_LIMITS, type HttpLimits } from './http-fronten
 import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
+import { AddressAllowList, isLoopbackAddress, resolveClusterToken } from '../common/cluster-auth.js';
+import { DesiredState } from './desired-state.js';
+import { clusterFamilies } from './cluster-metrics.js';
 
 export const GATEWAY_FLAGS = {
   listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
@@ -34,6 +37,13 @@ export const GATEWAY_FLAGS = {
   max_connections: { type: 'int', default: HTTP_LIMITS.maxConnections, help: 'open connections per front end (HTTP, gRPC); more are closed at accept; 0: no cap', min: 0 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (JSON or YAML) pushed to every launcher; reloaded on SIGHUP and on change' },
   admin_token: { type: 'string', default: '', help: 'token for the admin API under /admin/v1 (or NIGHTFUSE_ADMIN_TOKEN); without one the API is refused' },
+  cluster_token: { type: 'string', default: '', help: 'secret shared with every launcher (or NIGHTFUSE_CLUSTER_TOKEN); engine link and control plane admit only peers that prove it' },
+  cluster_token_file: { type: 'string', default: '', help: 'read the cluster token from this file' },
+  insecure_cluster: { type: 'bool', default: false, help: 'without a cluster token, still listen for engines beyond loopback (any peer can then act as a node)' },
+  plain_engine_allow: { type: 'string', default: '', help: 'CIDRs (a,b,…) from which real Nightcore engines, which cannot authenticate, are admitted when a token is set' },
+  cluster_auth_timeout_ms: { type: 'int', default: 5000, help: 'a connection or stream must authenticate within this', min: 100 },
+  engine_max_message_bytes: { type: 'int', default: 64 << 20, help: 'largest message an engine may send on the engine link', min: 1024, max: 0x7fffffff },
+  node_silence_ms: { type: 'int', default: 2000, help: 'a launcher silent this long on the control plane is taken out of dispatch and its calls fail (0: never)', min: 0 },
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
@@ -57,6 +67,12 @@ export interface GatewayOptions {
   adminToken?: string;
   httpLimits?: Partial<HttpLimits>;
   grpcLimits?: Partial<GrpcLimits>;
+  /** cluster token; '' = none */
+  clusterToken?: string;
+  plainEngineAllow?: string;
+  clusterAuthTimeoutMs?: number;
+  engineMaxMessageBytes?: number;
+  nodeSilenceMs?: number;
 }
 
 export interface RunningGateway {
@@ -84,11 +100,20 @@ function listen(server: http.Server | import('node:http2').Http2Server, host: st
 export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const maxBody = o.maxBodyBytes > 0 ? o.maxBodyBytes : 0x7fffffff;
   let dispatcher!: Dispatcher;
-  const engines = new EngineServer(o.log, {
-    onResult: (node, m) => dispatcher.onResult(node, m),
-    onNodeUp: (n) => dispatcher.nodeUp(n),
-    onNodeDown: (n) => dispatcher.nodeDown(n),
-  }, 0x7fffffff);
+  const token = o.clusterToken ?? '';
+  const authTimeoutMs = o.clusterAuthTimeoutMs ?? 5000;
+  const engines = new EngineServer({
+    log: o.log,
+    events: {
+      onResult: (node, m) => dispatcher.onResult(node, m),
+      onNodeUp: (n) => dispatcher.nodeUp(n),
+      onNodeDown: (n) => dispatcher.nodeDown(n),
+    },
+    maxPayload: o.engineMaxMessageBytes ?? 64 << 20,
+    token,
+    plainAllow: new AddressAllowList(o.plainEngineAllow ?? ''),
+    authTimeoutMs,
+  });
   dispatcher = new Dispatcher(engines, {
     maxRunningRequests: o.maxRunningRequests,
     lbPerFnRoundRobin: o.lbPerFnRoundRobin,
@@ -111,13 +136,29 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const pushPolicy = () => control?.broadcast({ policy: { policy_json: policy.policy.text } });
   const policy = new PolicyStore(o.log, pushPolicy, o.mergePolicyFile ?? '');
   policy.init(); // an invalid policy file refuses the start, with errors naming the field and rule
+  const desired = new DesiredState(o.log, () => policy.policy.text);
   if (o.controlPort >= 0) {
-    control = new ControlServer(o.log);
+    control = new ControlServer({
+      log: o.log, token, authTimeoutMs, silenceMs: o.nodeSilenceMs ?? 2000,
+      engineInstance: (id) => {
+        const n = engines.nodes.get(id);
+        return n && { instance: n.instance, authenticated: n.authenticated };
+      },
+    });
     controlPort = await control.listen(o.listenAddr, o.controlPort);
-    control.onAttach = (n) => n.stream.write({ command_id: 0, policy: { policy_json: policy.policy.text } });
+    control.onAttach = (n) => desired.apply(control!, n);
+    control.onDrain = (n) => {
+      const node = engines.nodes.get(n.hello.node_id);
+      if (node && (!node.authenticated || node.instance === n.instance)) node.draining = true;
+    };
+    // Silent on the control plane: the engine link to it is as dead; fail its calls now, not at the timeout.
+    control.onSilent = (n) => engines.dropNode(n.hello.node_id, 'silent on the control plane', n.instance || undefined);
   }
-  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log });
-  metrics.cluster = { nodeStats: () => control?.nodeStats() ?? new Map(), extra: () => admin.metricFamilies() };
+  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log, desired });
+  metrics.cluster = {
+    nodeStats: () => control?.nodeStats() ?? new Map(),
+    extra: () => [...admin.metricFamilies(), ...clusterFamilies(engines, control, dispatcher)],
+  };
   extra = admin.handle;
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
@@ -148,6 +189,16 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
   if (f.v > 0) process.env.NIGHTFUSE_LOG_LEVEL ??= 'debug';
   const log = createLogger('gateway');
   if (!f.func_config_file) throw new Error('--func_config_file is required');
+  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file);
+  if (!clusterToken) {
+    if (!isLoopbackAddress(f.listen_addr) && !f.insecure_cluster) {
+      throw new Error(`refusing to listen for engines on ${f.listen_addr} without a cluster token: any peer could register as a node, ` +
+        'take calls and answer them. Give --cluster_token, --cluster_token_file or NIGHTFUSE_CLUSTER_TOKEN (the same on every launcher), ' +
+        'or --insecure_cluster to accept that risk');
+    }
+    if (f.insecure_cluster) log.warn({ listenAddr: f.listen_addr }, 'INSECURE: no cluster token; any peer that reaches the engine or control port can act as a node');
+  }
+  if (f.plain_engine_allow && !clusterToken) log.warn('--plain_engine_allow has no effect without a cluster token: every engine is admitted');
   const config = loadFuncConfig(f.func_config_file);
   const gw = await startGateway({
     config, listenAddr: f.listen_addr, httpPort: f.http_port, grpcPort: f.grpc_port, engineConnPort: f.engine_conn_port,
@@ -156,6 +207,8 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
     mergePolicyFile: f.merge_policy_file || undefined, adminToken: f.admin_token || process.env.NIGHTFUSE_ADMIN_TOKEN || '',
     httpLimits: { headerTimeoutMs: f.http_header_timeout_ms, bodyTimeoutMs: f.http_body_timeout_ms, idleTimeoutMs: f.http_idle_timeout_ms, maxConnections: f.max_connections },
     grpcLimits: { settingsTimeoutMs: f.grpc_settings_timeout_ms, idleTimeoutMs: f.grpc_idle_timeout_ms, streamTimeoutMs: f.grpc_stream_timeout_ms, maxConnections: f.max_connections },
+    clusterToken, plainEngineAllow: f.plain_engine_allow, clusterAuthTimeoutMs: f.cluster_auth_timeout_ms,
+    engineMaxMessageBytes: f.engine_max_message_bytes, nodeSilenceMs: f.node_silence_ms,
   });
   process.on('SIGHUP', () => {
     const r = gw.policy.reloadFile('SIGHUP');

@@ -14,6 +14,7 @@ import { MergeOrchestrator, type MergeEvent } from './merge-orchestrator.js';
 import { DEFAULT_POLICY, loadPolicy, parsePolicy } from '../common/policy.js';
 import type { GatewayCommand, NodeReport } from '../proto/control.js';
 import type { Isolation } from '../proto/merge-wire.js';
+import { newInstanceId, resolveClusterToken } from '../common/cluster-auth.js';
 
 export const LAUNCHER_FLAGS = {
   gateway_addr: { type: 'string', default: '127.0.0.1', help: 'gateway host (engine flag)' },
@@ -32,6 +33,9 @@ export const LAUNCHER_FLAGS = {
   merging: { type: 'bool', default: true, help: 'run-time merging (the policy comes from the gateway, or --merge_policy_file)' },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy to use until (or without) the gateway pushing one' },
   merge_tick_ms: { type: 'int', default: 1000, help: 'how often the merge decision loop runs', min: 50 },
+  cluster_token: { type: 'string', default: '', help: "the gateway's cluster token (or NIGHTFUSE_CLUSTER_TOKEN); without one the launcher speaks Nightcore's plain handshake" },
+  cluster_token_file: { type: 'string', default: '', help: 'read the cluster token from this file' },
+  cluster_auth_timeout_ms: { type: 'int', default: 5000, help: 'the gateway must admit a connection within this', min: 100 },
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
@@ -52,6 +56,9 @@ export async function runLauncher(argv: string[]): Promise<void> {
   if (f.func_worker_use_engine_socket) throw new Error('--func_worker_use_engine_socket is not supported: workers use FIFOs');
   if (f.use_fifo_for_nested_call) throw new Error('--use_fifo_for_nested_call is not supported: nested results come back over the worker FIFOs');
   const config = loadFuncConfig(f.func_config_file);
+  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file);
+  // Who this process is, on both links: a restarted launcher is a new instance.
+  const instance = newInstanceId();
   const agent = new NodeAgent({
     config,
     ipcRoot: f.root_path_for_ipc,
@@ -66,6 +73,9 @@ export async function runLauncher(argv: string[]): Promise<void> {
     nodeId,
     log,
     onDispatch: (m, conn) => agent.dispatchExternal(m, conn),
+    token: clusterToken,
+    instance,
+    authTimeoutMs: f.cluster_auth_timeout_ms,
   });
   agent.sendToGateway = (conn, type, id, value, payload) => {
     if (!link.sendResult(conn, type, id, value, payload)) {
@@ -78,9 +88,12 @@ export async function runLauncher(argv: string[]): Promise<void> {
     agent, log, onFault: (sess, fault) => orchestrator.onFault(sess.worker.clientId, fault.callee, fault.signal),
     callerOf: (clientId, callee) => orchestrator.callerOf(clientId, callee),
   });
-  const sendEvent = (e: MergeEvent) => control?.send({
-    merge_event: { at_ms: e.atMs, kind: e.kind, caller: e.caller, callee: e.callee, isolation: e.isolation, reason: e.reason, detail_json: JSON.stringify(e.detail) },
-  });
+  const sendEvent = (e: MergeEvent) => {
+    control?.send({
+      merge_event: { at_ms: e.atMs, kind: e.kind, caller: e.caller, callee: e.callee, isolation: e.isolation, reason: e.reason, detail_json: JSON.stringify(e.detail) },
+    });
+    control?.sendStats(); // the admin view follows every merge event at once
+  };
   const orchestrator: MergeOrchestrator = new MergeOrchestrator(agent, merge, log, sendEvent);
   orchestrator.enabled = f.merging;
   if (f.merge_policy_file) orchestrator.setPolicy(loadPolicy(f.merge_policy_file));
@@ -117,6 +130,8 @@ export async function runLauncher(argv: string[]): Promise<void> {
   control = f.control_port > 0
     ? new ControlClient({
       host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log, onCommand,
+      token: clusterToken, instance, authTimeoutMs: f.cluster_auth_timeout_ms,
+      onGatewaySilent: () => link.reconnectAll('gateway silent on the control plane'),
       extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError }),
     })
     : undefined;

@@ -8,7 +8,7 @@
  * when the process exits) and reap them ourselves.
  */
 import net from 'node:net';
-import { lastErrno, libc } from './libc.js';
+import { lastErrno, libc } from '../common/libc.js';
 
 const socketpair = libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)');
 const faInit = libc.func('int posix_spawn_file_actions_init(void *fa)');
