@@ -210,7 +210,8 @@ function onClientError(log: Logger, l: HttpLimits, err: NodeJS.ErrnoException, s
     if (!socket.writable || err.code === 'HPE_CLOSED_CONNECTION') return void socket.destroySoon();
     socket.write(errorAnswer(l, err));
     socket.destroySoon();
-    setTimeout(() => socket.destroy(), 1000).unref(); // a peer that does not read gets no longer
+    const t = setTimeout(() => socket.destroy(), 1000).unref(); // a peer that does not read gets no longer
+    socket.once('close', () => clearTimeout(t));
   };
   finish();
 }

@@ -1,9 +1,8 @@
 /**
  * Tools for adversarial peers against a real gateway process: raw TCP
  * conversations, an HTTP/1.1 response reader, HTTP/2 frames with a literal
- * HPACK encoder, a seeded random generator, and the process's RSS and FD count.
+ * HPACK encoder and a seeded random generator (a process's RSS and FDs: adversary.ts usage()).
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 
 /** mulberry32: small, fast, reproducible (print the seed in failures). */
@@ -26,13 +25,6 @@ export function rng(seed: number) {
   };
 }
 export type Rng = ReturnType<typeof rng>;
-
-/** RSS (KiB) and open file descriptors of a process, from /proc. */
-export function procStats(pid: number): { rssKiB: number; fds: number } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rss = Number(/^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1] ?? NaN);
-  return { rssKiB: rss, fds: readdirSync(`/proc/${pid}/fd`).length };
-}
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 

@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import { Composer } from 'yaml';
 import { parsePolicy, loadPolicy, PolicyError } from '../common/policy.js';
 import { POLICY_LIMITS } from '../common/policy-limits.js';
-import { CLI, FIXTURE_CONFIG, startProcess, stopProcess, waitFor } from './helpers.js';
-import { procStats, rng, sleep, type Rng } from './hostile-peers.js';
+import { startGatewayProcess, usage } from './adversary.js';
+import { CLI, FIXTURE_CONFIG, waitFor } from './helpers.js';
+import { rng, sleep, type Rng } from './hostile-peers.js';
 
 const L = POLICY_LIMITS;
 const dir = mkdtempSync(join(tmpdir(), 'nightfuse-policy-limits-'));
@@ -217,10 +218,10 @@ t.test('SIGHUP, file change and the admin API: hostile policies refused, the old
   const file = join(dir, 'live.yaml');
   const good = 'rules:\n  - { caller: Foo, callee: Bar, mode: never }\n';
   writeFileSync(file, good);
-  const gw = await startProcess(gatewayArgs(file, ['--admin_token=tok']), /gateway ready http=[\d.]+:(\d+)/);
-  t.teardown(() => stopProcess(gw.child));
-  const port = Number(gw.match[1]);
-  const pid = gw.child.pid!;
+  const gw = await startGatewayProcess([`--merge_policy_file=${file}`, '--admin_token=tok']);
+  t.teardown(() => gw.stop());
+  const port = gw.http;
+  const pid = gw.pid;
   const admin = async (method: string, path: string, body?: string) => {
     const res = await fetch(`http://127.0.0.1:${port}/admin/v1${path}`, { method, body, headers: { authorization: 'Bearer tok' } });
     return { status: res.status, data: await res.json() as { text?: string; lastError?: string; errors?: string[]; reloads?: { ok: number; refused: number } } };
@@ -236,7 +237,7 @@ t.test('SIGHUP, file change and the admin API: hostile policies refused, the old
   }
   writeFileSync(file, good);
   await sleep(1200); // let the file watcher settle on the good text
-  const base = procStats(pid);
+  const base = usage(pid);
   let n = 0;
   const wrong: string[] = [];
   for (let seed = 1; seed <= 1000; seed++) {
@@ -262,7 +263,7 @@ t.test('SIGHUP, file change and the admin API: hostile policies refused, the old
   }
   t.equal(gw.child.exitCode, null, 'gateway alive');
   t.equal((await (await fetch(`http://127.0.0.1:${port}/healthz`)).text()), 'ok\n', 'and serving');
-  const after = procStats(pid);
+  const after = usage(pid);
   t.ok(after.rssKiB - base.rssKiB < 48 * 1024, `RSS ${base.rssKiB} -> ${after.rssKiB} KiB over ${n + HOSTILE.length} policies`);
   t.ok(after.fds <= base.fds + 2, `FDs ${base.fds} -> ${after.fds}`);
 });
