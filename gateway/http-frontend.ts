@@ -25,6 +25,7 @@ import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
 import { queryToJsonInput } from './qs-input.js';
 import { collectBody } from '../common/body.js';
+import { FastPath } from './http-fast.js';
 
 export interface HttpLimits {
   /** request headers must be complete this long after the request's first byte (a new connection's: its accept) */
@@ -131,6 +132,24 @@ export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
     else socket.destroy();
   });
   if (l.maxConnections > 0) server.maxConnections = l.maxConnections;
+  // Plain function calls take the fast path; it hands every other connection to node:http (http-fast.ts).
+  const nodeListeners = server.listeners('connection') as ((s: net.Socket) => void)[];
+  server.removeAllListeners('connection');
+  const fast = new FastPath({
+    config: o.config, dispatcher: o.dispatcher, metrics: o.metrics, maxBodyBytes: o.maxBodyBytes, limits: l,
+    handOff: (s) => { for (const f of nodeListeners) f.call(server, s); },
+  });
+  server.on('connection', (s: net.Socket) => fast.accept(s));
+  const closeAll = server.closeAllConnections.bind(server);
+  server.closeAllConnections = () => {
+    fast.closeAll();
+    closeAll();
+  };
+  const closeIdle = server.closeIdleConnections.bind(server);
+  server.closeIdleConnections = () => {
+    fast.closeIdle();
+    closeIdle();
+  };
   server.on('drop', (d?: { remoteAddress?: string }) => o.log.debug({ peer: d?.remoteAddress, max: l.maxConnections }, 'HTTP connection refused: over --max_connections'));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Sock) => onClientError(o.log, l, err, socket));
   return server;
@@ -216,7 +235,7 @@ function onClientError(log: Logger, l: HttpLimits, err: NodeJS.ErrnoException, s
   finish();
 }
 
-function errorAnswer(l: HttpLimits, err: NodeJS.ErrnoException): string {
+export function errorAnswer(l: HttpLimits, err: NodeJS.ErrnoException): string {
   switch (err.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return rawAnswer(408, `request not received in time: headers within ${l.headerTimeoutMs} ms` +
