@@ -147,7 +147,7 @@ export async function runUp(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => void stopAll(0));
 
   const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken } });
+    const c = spawn(process.execPath, [...HEAP_FLAGS(), cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken } });
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {
@@ -193,6 +193,11 @@ export async function runUp(argv: string[]): Promise<void> {
       );
     }
   }
+}
+
+/** The heap sizing this process was started with (bin/nightfuse.js) applies to its children too; nothing else (--inspect …). */
+function HEAP_FLAGS(): string[] {
+  return process.execArgv.filter((a) => /^--max-(semi|old)-space-size=/.test(a));
 }
 
 function loopbackOf(addr: string): string {

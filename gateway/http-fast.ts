@@ -21,6 +21,7 @@ import type { FuncConfig, FuncEntry } from '../common/func-config.js';
 import type { CallHandle, CallOutcome, Dispatcher } from './dispatcher.js';
 import { errorAnswer, type HttpLimits, MAX_PIPELINED, nightcoreDate, outcomeStatus } from './http-frontend.js';
 import type { GatewayMetrics } from './metrics.js';
+import { writeNow } from '../common/write-now.js';
 
 export interface FastPathOptions {
   config: FuncConfig;
@@ -201,7 +202,8 @@ class FastConn {
         const b = Buffer.allocUnsafe(head.length + body.length);
         b.write(head, 0, 'latin1');
         body.copy(b, head.length);
-        s.write(b);
+        if (n === 1) writeNow(s, b);
+        else s.write(b);
       } else {
         s.cork();
         s.write(head, 'latin1');
@@ -214,7 +216,6 @@ class FastConn {
     const now = Date.now();
     this.lastActive = now;
     this.writtenAt = now;
-    this.lastBytesWritten = s.bytesWritten;
     if (this.owed.length > 0 || this.parsing) return;
     if (this.ended) this.finishEnded();
     else if (this.leaving) this.handOff();

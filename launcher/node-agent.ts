@@ -29,6 +29,7 @@ import { EdgeStats } from './edge-stats.js';
 import type { GatewayConn } from './gateway-link.js';
 import { IpcRoot } from './ipc-files.js';
 import { spawnProcess, type SpawnedProcess } from './spawn.js';
+import { writeNow } from '../common/write-now.js';
 
 export interface NodeAgentOptions {
   config: FuncConfig;
@@ -432,7 +433,7 @@ export class NodeAgent {
     const now = monotonicMicros();
     call.dispatchedUs = now;
     ipc.setSendTimestamp(call.frame, now);
-    w.inSock!.write(call.frame);
+    writeNow(w.inSock!, call.frame);
   }
 
   /** A worker became free: give it the oldest queued call, or park it. */
@@ -601,7 +602,7 @@ export class NodeAgent {
       return;
     }
     ipc.setSendTimestamp(f, now);
-    caller.inSock.write(f);
+    writeNow(caller.inSock, f);
   }
 
   /**

@@ -50,10 +50,11 @@ interface Stack {
 
 async function startUp(label: string, root: string, config: string, policy: string): Promise<Stack> {
   const [http, engine, control] = await Promise.all([freePort(), freePort(), freePort()]);
-  const args = [join(root, 'bin', 'nightfuse.js'), 'up', '--quiet', `--http_port=${http}`, '--grpc_port=0', `--engine_conn_port=${engine}`,
+  // run as a user runs it: the bin script, with whatever node flags its #! line gives
+  const args = ['up', '--quiet', `--http_port=${http}`, '--grpc_port=0', `--engine_conn_port=${engine}`,
     `--control_port=${control}`, `--root_path_for_ipc=/dev/shm/nightfuse-bench-cmp-${process.pid}-${http}`,
     `--func_config_file=${config}`, `--merge_policy_file=${policy}`, `--admin_token=${TOKEN}`, '--merge_tick_ms=250'];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NIGHTFUSE_LOG_LEVEL: 'warn' } });
+  const child = spawn(join(root, 'bin', 'nightfuse.js'), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NIGHTFUSE_LOG_LEVEL: 'warn' } });
   started.push(child);
   let err = '';
   child.stderr!.on('data', (d) => (err = (err + d).slice(-4000)));
