@@ -119,6 +119,9 @@ class Owed {
 
 class FastConn {
   buf: Buffer = EMPTY;
+  /** bytes of the request in `buf` still to come, and the chunks of it that came since */
+  missing = 0;
+  chunks: Buffer[] = [];
   readonly owed: Owed[] = [];
   /** ms timestamps for the deadlines the sweep checks */
   requestStart = 0;
@@ -140,13 +143,24 @@ class FastConn {
     const now = Date.now();
     this.lastActive = now;
     if (this.buf.length === 0) this.requestStart = now;
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (this.missing > 0) {
+      // a body still coming: gather its chunks, join them once it is whole (one copy, not one per read)
+      this.chunks.push(chunk);
+      this.missing -= chunk.length;
+      if (this.missing > 0) return;
+      this.chunks.unshift(this.buf);
+      this.buf = Buffer.concat(this.chunks);
+      this.chunks = [];
+      this.missing = 0;
+    } else {
+      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    }
     this.parse();
   }
 
   /** Takes every complete plain request in the buffer; stops at the first other thing. */
   parse(): void {
-    if (this.parsing) return; // an answer given synchronously (no node) flushes inside the loop below
+    if (this.parsing || this.missing > 0) return; // an answer given synchronously (no node) flushes inside the loop below
     this.parsing = true;
     try {
       this.parseLoop();
@@ -171,7 +185,10 @@ class FastConn {
         this.leaving = true;
         break;
       }
-      if (this.buf.length - off < h.headLen + h.bodyLen) break; // body still coming: the deadline sweep watches it
+      if (this.buf.length - off < h.headLen + h.bodyLen) {
+        this.missing = h.headLen + h.bodyLen - (this.buf.length - off); // body still coming: the deadline sweep watches it
+        break;
+      }
       const bodyAt = off + h.headLen;
       // the body is copied out of the read buffer only when that buffer holds more than it
       const input = h.bodyLen === 0 ? EMPTY : (this.buf.length === h.bodyLen + h.headLen ? this.buf.subarray(bodyAt) : Buffer.from(this.buf.subarray(bodyAt, bodyAt + h.bodyLen)));
@@ -236,6 +253,7 @@ class FastConn {
     s.removeListener('close', this.fp.onCloseOf);
     s.removeListener('error', this.fp.onErrorOf);
     (s as FastSocket)[kFast] = undefined;
+    if (this.chunks.length > 0) this.buf = Buffer.concat([this.buf, ...this.chunks]);
     if (this.buf.length > 0) s.unshift(this.buf);
     this.buf = EMPTY;
     // node:http reads through the JS stream then (not straight from the handle), so the bytes put back come first

@@ -96,18 +96,28 @@ export function encodeGatewayMessage(m: Omit<GatewayMessage, 'nodeId' | 'connId'
 }
 
 /**
- * Writes a gateway-link message: header and payload leave in one writev (one
- * TCP segment, one wake-up for the peer), without copying the payload.
+ * Writes a gateway-link message without copying the payload. Messages written
+ * in one event-loop turn leave together: the first corks the socket and a
+ * nextTick uncorks it, so a burst of calls (or results) costs one writev and
+ * one wake-up of the peer instead of one each.
  */
 export function writeGatewayMessage(socket: { cork(): void; uncork(): void; write(b: Buffer): boolean }, header: Buffer, payload?: Buffer): void {
-  if (!payload || payload.length === 0) {
-    socket.write(header);
-    return;
+  const s = socket as CorkableSocket;
+  if (!s[kCorked]) {
+    s[kCorked] = true;
+    s.cork();
+    process.nextTick(uncorkTurn, s);
   }
-  socket.cork();
-  socket.write(header);
-  socket.write(payload);
-  socket.uncork();
+  s.write(header);
+  if (payload && payload.length > 0) s.write(payload);
+}
+
+const kCorked = Symbol('nightfuse.corkedThisTurn');
+type CorkableSocket = { cork(): void; uncork(): void; write(b: Buffer): boolean; [kCorked]?: boolean };
+
+function uncorkTurn(s: CorkableSocket): void {
+  s[kCorked] = false;
+  s.uncork();
 }
 
 /** Largest payload we accept on the gateway link (Nightcore: i32, buffered whole). */

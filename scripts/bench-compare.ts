@@ -43,17 +43,19 @@ export function prepareBaseline(): string {
 
 interface Stack {
   label: string;
+  /** gateway and node agent in one process */
+  oneProcess: boolean;
   child: ChildProcess;
   http: number;
   admin(method: string, path: string, body?: string): Promise<any>;
 }
 
-async function startUp(label: string, root: string, config: string, policy: string): Promise<Stack> {
+async function startUp(label: string, root: string, config: string, policy: string, flags: string[]): Promise<Stack> {
   const [http, engine, control] = await Promise.all([freePort(), freePort(), freePort()]);
   // run as a user runs it: the bin script, with whatever node flags its #! line gives
   const args = ['up', '--quiet', `--http_port=${http}`, '--grpc_port=0', `--engine_conn_port=${engine}`,
     `--control_port=${control}`, `--root_path_for_ipc=/dev/shm/nightfuse-bench-cmp-${process.pid}-${http}`,
-    `--func_config_file=${config}`, `--merge_policy_file=${policy}`, `--admin_token=${TOKEN}`, '--merge_tick_ms=250'];
+    `--func_config_file=${config}`, `--merge_policy_file=${policy}`, `--admin_token=${TOKEN}`, '--merge_tick_ms=250', ...flags];
   const child = spawn(join(root, 'bin', 'nightfuse.js'), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NIGHTFUSE_LOG_LEVEL: 'warn' } });
   started.push(child);
   let err = '';
@@ -76,7 +78,8 @@ async function startUp(label: string, root: string, config: string, policy: stri
     if (r.status !== 200) throw new Error(`${label}: ${method} ${path}: ${JSON.stringify(data)}`);
     return data;
   };
-  return { label, child, http, admin };
+  const p = stackPids(child.pid!);
+  return { label, oneProcess: p.gateway === p.up, child, http, admin };
 }
 
 async function stopStack(s: Stack): Promise<void> {
@@ -135,30 +138,32 @@ interface RowSpec {
 
 interface RowResult {
   spec: RowSpec;
-  today: Run;
-  now: Run;
+  /** one median run per stack, in the stacks' order (today first) */
+  runs: Run[];
 }
 
-async function rowsOn(pair: [Stack, Stack], specs: RowSpec[]): Promise<RowResult[]> {
+async function rowsOn(stacks: Stack[], specs: RowSpec[]): Promise<RowResult[]> {
   const out: RowResult[] = [];
   for (const spec of specs) {
-    const [a, b] = await Promise.all(pair.map((s) => answer(s, spec.path, spec.body)));
-    if (a !== b) throw new Error(`${spec.name}: the answers differ between the stacks:\n--- ${pair[0].label}\n${a}\n--- ${pair[1].label}\n${b}`);
-    const runs: [Run[], Run[]] = [[], []];
-    // warm-up, then alternate: today, new, today, new, …
-    for (const s of pair) await runWrk(`http://127.0.0.1:${s.http}${spec.path}`, spec.conns, 1, spec.body);
-    for (let i = 0; i < REPS; i++) {
-      for (let k = 0; k < 2; k++) runs[k].push(await measure(pair[k], spec.path, spec.conns, spec.body));
+    const answers = await Promise.all(stacks.map((s) => answer(s, spec.path, spec.body)));
+    for (let k = 1; k < stacks.length; k++) {
+      if (answers[k] !== answers[0]) throw new Error(`${spec.name}: the answers differ:\n--- ${stacks[0].label}\n${answers[0]}\n--- ${stacks[k].label}\n${answers[k]}`);
     }
-    out.push({ spec, today: medianRun(runs[0]), now: medianRun(runs[1]) });
+    const runs: Run[][] = stacks.map(() => []);
+    // warm-up, then alternate: today, new, …, today, new, …
+    for (const s of stacks) await runWrk(`http://127.0.0.1:${s.http}${spec.path}`, spec.conns, 1, spec.body);
+    for (let i = 0; i < REPS; i++) {
+      for (let k = 0; k < stacks.length; k++) runs[k].push(await measure(stacks[k], spec.path, spec.conns, spec.body));
+    }
+    out.push({ spec, runs: runs.map(medianRun) });
   }
   return out;
 }
 
-function rss(s: Stack): { gateway: number; agent: number; up: number; oneProcess: boolean } {
+function rss(s: Stack): (string | number)[] {
   const p = stackPids(s.child.pid!);
-  const one = p.gateway === p.up;
-  return { gateway: rssMiB(p.gateway), agent: one ? NaN : rssMiB(p.agent), up: one ? NaN : rssMiB(p.up), oneProcess: one };
+  if (p.gateway === p.up) return [s.label, `${us(rssMiB(p.gateway))} (gateway + node agent)`, '(same process)', 'none (up is that process)'];
+  return [s.label, us(rssMiB(p.gateway)), us(rssMiB(p.agent)), us(rssMiB(p.up))];
 }
 
 async function settleSocialnet(s: Stack, body: Body): Promise<number> {
@@ -177,73 +182,79 @@ async function settleSocialnet(s: Stack, body: Body): Promise<number> {
 }
 
 const us = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
-const cpuText = (c: CpuSample, one: boolean) => one
-  ? `${us(c.gateway)} (gw+agent) / ${us(c.workers)} / –`
-  : `${us(c.gateway)} / ${us(c.agent)} / ${us(c.workers)} / ${us(c.up)}`;
+function cpuText(s: Stack, c: CpuSample): string {
+  return s.oneProcess ? `${us(c.gateway)} (gw+agent) / ${us(c.workers)} / –` : `${us(c.gateway)} / ${us(c.agent)} / ${us(c.workers)} / ${us(c.up)}`;
+}
+
+/** The stacks compared: today's, and this checkout's in both shapes of `nightfuse up`. */
+function stackSpecs(baseline: string): { label: string; root: string; flags: string[] }[] {
+  return [
+    { label: `today (${BASELINE_COMMIT})`, root: baseline, flags: [] },
+    { label: 'new, one process', root: PACKAGE_ROOT, flags: [] },
+    { label: 'new, --one_process=false', root: PACKAGE_ROOT, flags: ['--one_process=false'] },
+  ];
+}
+
+async function startAll(baseline: string, config: (root: string) => string): Promise<Stack[]> {
+  const out: Stack[] = [];
+  for (const x of stackSpecs(baseline)) out.push(await startUp(x.label, x.root, config(x.root), join(x.root, 'scripts', 'bench_policy_manual.yaml'), x.flags));
+  return out;
+}
 
 export async function benchCompare(): Promise<string> {
   const baseline = prepareBaseline();
-  const manual = (root: string) => join(root, 'scripts', 'bench_policy_manual.yaml');
-  const lines: string[] = [];
   const results: RowResult[] = [];
   let rssRows: (string | number)[][] = [];
-  let oneProcessNow = false;
+  let labels: Stack[] = [];
 
-  const ex = (root: string) => join(root, 'examples', 'func_config.json');
-  const pair: [Stack, Stack] = [
-    await startUp(`today (${BASELINE_COMMIT})`, baseline, ex(baseline), manual(baseline)),
-    await startUp('new', PACKAGE_ROOT, ex(PACKAGE_ROOT), manual(PACKAGE_ROOT)),
-  ];
+  const stacks = await startAll(baseline, (root) => join(root, 'examples', 'func_config.json'));
+  labels = stacks;
   try {
     const hello = { text: 'Hello' };
     const big = { repeat: ['x', 64 * 1024] as [string, number] };
-    results.push(...await rowsOn(pair, [
+    results.push(...await rowsOn(stacks, [
       { name: 'Bar (one hop)', path: '/function/Bar', conns: 1, body: hello, aim: { text: 'p50 ≥ 30 µs lower', met: (t, n) => t.p50_us - n.p50_us >= 30 } },
       { name: 'Bar (one hop)', path: '/function/Bar', conns: 16, body: hello, aim: { text: '≥ 1.8× req/s', met: (t, n) => n.rps >= 1.8 * t.rps } },
       { name: 'Foo→Bar not merged', path: '/function/Foo', conns: 1, body: hello },
       { name: 'Foo→Bar not merged', path: '/function/Foo', conns: 16, body: hello, aim: { text: '≥ 2× req/s', met: (t, n) => n.rps >= 2 * t.rps } },
       { name: 'Bar, 64 KiB body', path: '/function/Bar', conns: 16, body: big, aim: { text: '≥ 2× req/s', met: (t, n) => n.rps >= 2 * t.rps } },
     ]));
-    const r = pair.map(rss);
-    oneProcessNow = r[1].oneProcess;
-    rssRows = pair.map((s, i) => [s.label, r[i].oneProcess ? `${us(r[i].gateway)} (gateway + node agent)` : us(r[i].gateway),
-      r[i].oneProcess ? '(same process)' : us(r[i].agent), r[i].oneProcess ? 'none (up is that process)' : us(r[i].up)]);
+    rssRows = stacks.map(rss);
   } finally {
-    await Promise.all(pair.map(stopStack));
+    await Promise.all(stacks.map(stopStack));
   }
 
-  const sn = (root: string) => join(root, 'examples', 'socialnet', 'func_config.json');
-  const snPair: [Stack, Stack] = [
-    await startUp(`today (${BASELINE_COMMIT})`, baseline, sn(baseline), manual(baseline)),
-    await startUp('new', PACKAGE_ROOT, sn(PACKAGE_ROOT), manual(PACKAGE_ROOT)),
-  ];
+  const snStacks = await startAll(baseline, (root) => join(root, 'examples', 'socialnet', 'func_config.json'));
   const settled: number[] = [];
   try {
     const body = { text: 'hello @alice see https://example.com/x and @bob' };
-    for (const s of snPair) settled.push(await settleSocialnet(s, body));
-    results.push(...await rowsOn(snPair, [
+    for (const s of snStacks) settled.push(await settleSocialnet(s, body));
+    results.push(...await rowsOn(snStacks, [
       { name: 'socialnet ComposePost, settled', path: '/function/ComposePost', conns: 1, body, aim: { text: 'p50 ≥ 1.3× lower', met: (t, n) => t.p50_us >= 1.3 * n.p50_us } },
       { name: 'socialnet ComposePost, settled', path: '/function/ComposePost', conns: 16, body },
     ]));
   } finally {
-    await Promise.all(snPair.map(stopStack));
+    await Promise.all(snStacks.map(stopStack));
   }
 
-  const cpuHead = oneProcessNow ? 'new CPU µs/req: gw+agent / workers / up' : 'new CPU µs/req: gw / agent / workers / up';
-  lines.push(
-    `### Today (${BASELINE_COMMIT}) vs now, \`nightfuse up\` on one machine (wrk 1 thread, keep-alive POST; ${SECONDS} s per run, median of ${REPS} runs each, alternated; host ${hostname()}, ${new Date().toISOString()})`,
+  const rows: (string | number)[][] = [];
+  for (const { spec, runs } of results) {
+    const t = runs[0];
+    runs.forEach((r, k) => rows.push([k === 0 ? spec.name : '', k === 0 ? String(spec.conns) : '', labels[k].label, r.rps,
+      k === 0 ? '' : `${(r.rps / t.rps).toFixed(2)}×`, r.p50_us, k === 0 ? '' : (r.p50_us - t.p50_us).toFixed(0), r.p99_us, r.errors,
+      cpuText(labels[k], r.cpu), us(r.wrkCpuUs), k === 0 ? spec.aim?.text ?? '' : '', k === 0 || !spec.aim ? '' : spec.aim.met(t, r) ? 'yes' : 'NO']));
+  }
+  return [
+    `### Today (${BASELINE_COMMIT}) vs now, \`nightfuse up\` on one machine (wrk, 1 thread, keep-alive POST; ${SECONDS} s per run, median of ${REPS} runs per stack, stacks alternated; host ${hostname()}, ${new Date().toISOString()})`,
     '',
-    table(['workload', 'conns', 'today req/s', 'new req/s', 'req/s ×', 'today p50 µs', 'new p50 µs', 'p50 Δ µs', 'today p99', 'new p99', 'errors',
-      'today CPU µs/req: gw / agent / workers / up', cpuHead, 'wrk µs/req', 'aim', 'met'],
-    results.map(({ spec, today: t, now: n }) => [spec.name, String(spec.conns), t.rps, n.rps, `${(n.rps / t.rps).toFixed(2)}×`, t.p50_us, n.p50_us,
-      (n.p50_us - t.p50_us).toFixed(0), t.p99_us, n.p99_us, `${t.errors}/${n.errors}`, cpuText(t.cpu, false), cpuText(n.cpu, oneProcessNow),
-      `${us(t.wrkCpuUs)}/${us(n.wrkCpuUs)}`, spec.aim?.text ?? '', spec.aim ? (spec.aim.met(t, n) ? 'yes' : 'NO') : ''])),
+    'CPU µs per request from /proc/<pid>/stat (utime + stime) before and after each run: gateway / node agent / all workers / up supervisor (one process: gateway + node agent together).',
     '',
-    `socialnet's policy settled (4 pairs merged) ${settled.map((x) => `${(x / 1000).toFixed(1)} s`).join(' / ')} after it was applied under load (today / new).`,
+    table(['workload', 'conns', 'stack', 'req/s', 'req/s vs today', 'p50 µs', 'p50 Δ µs', 'p99 µs', 'errors', 'CPU µs/req', 'wrk µs/req', 'aim', 'met'], rows),
     '',
-    '#### RSS after load (MiB; Foo→Bar, Bar and 64 KiB rows above; aim: gateway and node agent each < 60, up < 40 or gone)',
+    `socialnet's policy settled (4 pairs merged) ${settled.map((x) => `${(x / 1000).toFixed(1)} s`).join(' / ')} after it was applied under load (${labels.map((s) => s.label).join(' / ')}).`,
+    '',
+    '#### RSS after load (MiB; after the Bar, Foo→Bar and 64 KiB rows; aim: gateway and node agent each < 60, up < 40 or gone)',
     '',
     table(['stack', 'gateway', 'node agent', 'up supervisor'], rssRows),
-  );
-  return lines.join('\n');
+  ].join('\n');
 }
