@@ -193,6 +193,7 @@ class FastConn {
       // the body is copied out of the read buffer only when that buffer holds more than it
       const input = h.bodyLen === 0 ? EMPTY : (this.buf.length === h.bodyLen + h.headLen ? this.buf.subarray(bodyAt) : Buffer.from(this.buf.subarray(bodyAt, bodyAt + h.bodyLen)));
       off = bodyAt + h.bodyLen;
+      this.fp.stats.requests++;
       const a = new Owed(this, h.entry.funcName, process.hrtime.bigint());
       this.owed.push(a);
       a.call = o.dispatcher.begin(h.entry.funcId, 0, input, a.done);
@@ -246,6 +247,7 @@ class FastConn {
     if (this.gone) return;
     this.gone = true;
     this.fp.conns.delete(this);
+    this.fp.stats.handedOff++;
     const s = this.socket;
     s.pause();
     s.removeListener('data', this.fp.onDataOf);
@@ -279,10 +281,22 @@ class FastConn {
 }
 
 const kFast = Symbol('nightfuse.fastConn');
+const byServer = new WeakMap<object, FastPath>();
+
+/** The fast path serving an HTTP front end's server. */
+export function fastPathOf(server: object): FastPath | undefined {
+  return byServer.get(server);
+}
+
+export function attachFastPath(server: object, fp: FastPath): void {
+  byServer.set(server, fp);
+}
 type FastSocket = net.Socket & { [kFast]?: FastConn };
 
 export class FastPath {
   readonly conns = new Set<FastConn>();
+  /** requests answered here, and connections given to node:http (tests and diagnostics) */
+  readonly stats = { requests: 0, handedOff: 0 };
   private sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(readonly o: FastPathOptions) {}

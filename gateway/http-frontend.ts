@@ -25,7 +25,7 @@ import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
 import { queryToJsonInput } from './qs-input.js';
 import { collectBody } from '../common/body.js';
-import { FastPath } from './http-fast.js';
+import { attachFastPath, FastPath } from './http-fast.js';
 
 export interface HttpLimits {
   /** request headers must be complete this long after the request's first byte (a new connection's: its accept) */
@@ -140,6 +140,7 @@ export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
     handOff: (s) => { for (const f of nodeListeners) f.call(server, s); },
   });
   server.on('connection', (s: net.Socket) => fast.accept(s));
+  attachFastPath(server, fast);
   const closeAll = server.closeAllConnections.bind(server);
   server.closeAllConnections = () => {
     fast.closeAll();
