@@ -9,7 +9,7 @@
  * name, calls that went to another.
  */
 import { randomFillSync } from 'node:crypto';
-import { packCallId, type GatewayMessage, MessageType } from '../proto/wire.js';
+import { packCallIdFast, type GatewayMessage, MessageType } from '../proto/wire.js';
 import type { EngineServer, Node } from './engine-server.js';
 
 export type CallOutcome =
@@ -114,7 +114,7 @@ export class Dispatcher {
    */
   begin(funcId: number, methodId: number, input: Buffer, done: (o: CallOutcome) => void): CallHandle {
     let id: bigint;
-    do id = packCallId({ funcId, methodId, clientId: 0, callId: this.ids.take() });
+    do id = packCallIdFast(funcId, methodId, 0, this.ids.take());
     while (this.running.has(id));
     const r = new Running(id, funcId, input, done);
     if (this.order.length === 0) {

@@ -23,7 +23,8 @@ import {
   IpcFrameReader,
   MESSAGE_SIZE,
   MessageType,
-  monotonicMicros,
+  monotonicMicrosNumber,
+  setSendTimestampUs,
 } from '../proto/wire.js';
 import { EdgeStats } from './edge-stats.js';
 import type { GatewayConn } from './gateway-link.js';
@@ -324,9 +325,9 @@ export class NodeAgent {
   private send(w: Worker, call: Call): void {
     w.state = 'busy';
     w.current = call;
-    const now = monotonicMicros();
+    const now = monotonicMicrosNumber();
     call.dispatchedUs = now;
-    ipc.setSendTimestamp(call.frame, now);
+    setSendTimestampUs(call.frame, now);
     writeNow(w.inSock!, call.frame);
   }
 
@@ -371,7 +372,7 @@ export class NodeAgent {
       ownsInputShm = true;
       frame = encodeIpc({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: id, payloadSize: -input.length });
     }
-    const call: Call = { id, funcId, frame, source: { kind: 'gateway', conn }, inputSize: input.length, ownsInputShm, receivedUs: monotonicMicros() };
+    const call: Call = { id, funcId, frame, source: { kind: 'gateway', conn }, inputSize: input.length, ownsInputShm, receivedUs: monotonicMicrosNumber() };
     this.external.set(id, call);
     this.submit(call, pool);
   }
@@ -434,7 +435,7 @@ export class NodeAgent {
     const callerFunc = (origin !== undefined ? this.pools.get(origin)?.entry.funcName : undefined) ?? caller.pool.entry.funcName;
     const call: Call = {
       id, funcId: calleeId, frame, source: { kind: 'nested', caller, callerFunc }, inputSize: Math.abs(size),
-      ownsInputShm: false, receivedUs: monotonicMicros(),
+      ownsInputShm: false, receivedUs: monotonicMicrosNumber(),
     };
     if (!pool || !pool.runnable || caller.nested.has(id)) {
       // Nightcore drops such calls and the caller hangs; we fail them.
@@ -480,14 +481,14 @@ export class NodeAgent {
     }
     const caller = call.source.caller;
     caller.nested.delete(call.id);
-    const now = monotonicMicros();
+    const now = monotonicMicrosNumber();
     this.edges.record(call.source.callerFunc, pool?.entry.funcName ?? `#${call.funcId}`, {
       inputBytes: call.inputSize,
       outputBytes: Math.abs(size),
       dispatchDelayUs: failed ? 0 : ipc.dispatchDelay(f),
       processingUs: failed ? 0 : ipc.processingTime(f),
-      rpcUs: Number(now - call.receivedUs),
-      queueUs: call.dispatchedUs ? Number(call.dispatchedUs - call.receivedUs) : 0,
+      rpcUs: now - call.receivedUs,
+      queueUs: call.dispatchedUs ? call.dispatchedUs - call.receivedUs : 0,
       failed,
     });
     if (caller.state === 'dead' || !caller.inSock) {
@@ -496,7 +497,7 @@ export class NodeAgent {
       if (ipc.payloadSize(call.frame) < 0) this.ipc.removeShm(call.id, 'i');
       return;
     }
-    ipc.setSendTimestamp(f, now);
+    setSendTimestampUs(f, now);
     writeNow(caller.inSock, f);
   }
 

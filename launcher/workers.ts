@@ -23,8 +23,9 @@ export interface Call {
   inputSize: number;
   /** the launcher wrote <id>.i and removes it */
   ownsInputShm: boolean;
-  receivedUs: bigint;
-  dispatchedUs?: bigint;
+  /** CLOCK_MONOTONIC µs (monotonicMicrosNumber) */
+  receivedUs: number;
+  dispatchedUs?: number;
   done?: boolean;
 }
 
