@@ -15,7 +15,8 @@ import { InProcessLink } from '../launcher/in-process-link.js';
 export interface OneProcessStack {
   gw: RunningGateway;
   ports: RunningGateway['ports'];
-  stop(sig: string): Promise<void>;
+  /** SIGTERM drains first (no new calls, those in flight finish, up to drainMs), as separate processes do */
+  stop(sig: string, drainMs: number): Promise<void>;
 }
 
 /**
@@ -28,7 +29,7 @@ export async function startOneProcess(gatewayArgs: string[], launcherArgs: (port
   let launcher: RunningLauncher | undefined;
   try {
     launcher = await runLauncher(launcherArgs(gw.ports), {
-      link: (o) => new InProcessLink({ engines: gw.engines, nodeId: o.nodeId, instance: o.instance.toString('hex'), connections: o.connections, log: o.log, onDispatch: o.onDispatch }),
+      link: (o) => new InProcessLink({ engines: gw.engines, nodeId: o.nodeId, instance: o.instance.toString('hex'), connections: o.connections, log: o.log, onDispatch: o.onDispatch, onConnected: o.onConnected }),
     });
   } catch (err) {
     await gw.stop();
@@ -37,7 +38,8 @@ export async function startOneProcess(gatewayArgs: string[], launcherArgs: (port
   return {
     gw,
     ports: gw.ports,
-    async stop(sig: string) {
+    async stop(sig: string, drainMs: number) {
+      if (sig === 'SIGTERM') await gw.drain.drain(drainMs);
       await launcher?.stop(sig);
       await gw.stop();
     },

@@ -29,6 +29,8 @@ export interface FastPathOptions {
   metrics: GatewayMetrics;
   maxBodyBytes: number;
   limits: HttpLimits;
+  /** false: take no call (draining); node:http's routes refuse them */
+  accepting?: () => boolean;
   /** gives the socket to node:http (its bytes already put back) */
   handOff(socket: net.Socket): void;
 }
@@ -52,6 +54,7 @@ interface Head {
  * complete yet): the caller then hands the connection to node:http.
  */
 function parseHead(o: FastPathOptions, buf: Buffer, off: number): Head | undefined {
+  if (o.accepting && !o.accepting()) return undefined;
   const end = buf.indexOf('\r\n\r\n', off, 'latin1');
   if (end < 0 || end - off > o.limits.maxHeaderBytes) return undefined;
   const head = buf.toString('latin1', off, end);

@@ -5,8 +5,9 @@
  * anything unknown, 500 for failure or no node; Nightcore's exact header block.
  *
  * Nightfuse additions: 413 over --max_body_bytes, 504 after --call_timeout_ms,
- * GET /metrics (Prometheus text) and GET /healthz, and an admin API mounted
- * by the gateway under /admin/ when enabled.
+ * GET /metrics (Prometheus text), GET /healthz (alive) and /readyz (a node
+ * can serve; 503 with the reason otherwise), and an admin API mounted by the
+ * gateway under /admin/ when enabled.
  *
  * Connection handling departs from Nightcore (which keeps every socket open
  * forever): `Connection: close` and HTTP/1.0 (unless it asks for keep-alive)
@@ -25,6 +26,7 @@ import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
 import { queryToJsonInput } from './qs-input.js';
 import { collectBody } from '../common/body.js';
+import { probeAnswer, type Readiness } from '../common/lifecycle.js';
 import { attachFastPath, FastPath } from './http-fast.js';
 
 export interface HttpLimits {
@@ -108,7 +110,11 @@ export interface HttpFrontendOptions {
   maxBodyBytes: number;
   limits?: Partial<HttpLimits>;
   /** other routes (admin API, …): return true when handled */
-  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean;
+  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean;
+  /** for GET /readyz; absent: always ready */
+  ready?: () => Readiness;
+  /** false while the gateway drains: function calls then go to extraRoutes' refusal, not the fast path */
+  acceptingCalls?: () => boolean;
 }
 
 export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
@@ -136,7 +142,7 @@ export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
   const nodeListeners = server.listeners('connection') as ((s: net.Socket) => void)[];
   server.removeAllListeners('connection');
   const fast = new FastPath({
-    config: o.config, dispatcher: o.dispatcher, metrics: o.metrics, maxBodyBytes: o.maxBodyBytes, limits: l,
+    config: o.config, dispatcher: o.dispatcher, metrics: o.metrics, maxBodyBytes: o.maxBodyBytes, limits: l, accepting: o.acceptingCalls,
     handOff: (s) => { for (const f of nodeListeners) f.call(server, s); },
   });
   server.on('connection', (s: net.Socket) => fast.accept(s));
@@ -270,13 +276,14 @@ function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.Ser
 function serve(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
   const { path, query } = splitTarget(req.url ?? '/');
   const method = req.method ?? '';
-  if (o.extraRoutes?.(req, res, path)) return;
+  if (o.extraRoutes?.(req, res, path, query)) return;
   if (method === 'GET' && path === '/metrics') {
     void o.metrics.render().then((text) => sendPlain(res, 200, text, 'text/plain; version=0.0.4'));
     return;
   }
-  if (method === 'GET' && path === '/healthz') {
-    sendPlain(res, 200, 'ok\n');
+  const probe = method === 'GET' ? probeAnswer(path, o.ready ?? (() => ({ ok: true, reason: 'serving' }))) : undefined;
+  if (probe) {
+    sendPlain(res, probe.status, probe.body);
     return;
   }
   const notFound = () => {

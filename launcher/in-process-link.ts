@@ -21,6 +21,8 @@ export interface InProcessLinkOptions {
   connections: number;
   log: Logger;
   onDispatch(msg: GatewayMessage, conn: GatewayConn): void;
+  /** a connection is up (GatewayLink's onConnected) */
+  onConnected?(connId: number): void;
   reattachMs?: number;
 }
 
@@ -65,6 +67,7 @@ export class InProcessLink implements NodeLink {
     };
     try {
       c.handle = this.o.engines.attachLocal(this.o.nodeId, c.connId, this.o.instance, deliver, onClose);
+      this.o.onConnected?.(c.connId);
     } catch (err) {
       this.o.log.error({ conn: c.connId, err: (err as Error).message }, 'in-process gateway connection refused; retrying');
       c.timer = setTimeout(() => this.attach(c), 1000);
