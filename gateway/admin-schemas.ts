@@ -42,6 +42,7 @@ export const SCHEMAS: Record<string, Record<string, unknown>> = {
   Node: obj({
     nodeId: int, hostname: str, pid: int, attachedAt: { type: ['string', 'null'] }, lastReport: { type: ['string', 'null'] },
     reportAgeMs: nullableNum, decisions: { type: 'object', additionalProperties: num }, policyError: str,
+    ticks: { type: 'integer', minimum: 0, description: 'merge decision rounds the node has completed (0 with --merging=false)' },
     controlPlane: { type: 'boolean', description: 'attached to the control plane' },
     engineConnections: { type: 'integer', minimum: 0, description: 'open engine-link connections (calls go over these)' },
     inflight: int,

@@ -158,7 +158,7 @@ export class AdminView {
         nodeId: id, hostname: n?.hello.hostname ?? '', pid: n?.hello.pid ?? 0,
         attachedAt: n ? new Date(n.attachedAt).toISOString() : null,
         lastReport: n?.stats ? new Date(n.stats.at_ms).toISOString() : null, reportAgeMs,
-        decisions: n?.stats?.decisions ?? {}, policyError: n?.stats?.policy_error ?? '',
+        decisions: n?.stats?.decisions ?? {}, policyError: n?.stats?.policy_error ?? '', ticks: n?.stats?.ticks ?? 0,
         controlPlane: n !== undefined, engineConnections, inflight: eng?.inflight ?? 0, health,
       };
     });

@@ -161,7 +161,7 @@ export async function runLauncher(argv: string[], embed?: LauncherEmbedding): Pr
       host: f.gateway_addr, port: f.control_port, nodeId, hostname: hostname(), agent, log, onCommand,
       token: clusterToken, instance, authTimeoutMs: f.cluster_auth_timeout_ms,
       onGatewaySilent: () => link.reconnectAll('gateway silent on the control plane'),
-      extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError }),
+      extraStats: () => ({ merges: orchestrator.mergeStates(), decisions: { ...orchestrator.decisions }, policy_error: policyError, ticks: orchestrator.ticks }),
     })
     : undefined;
   const drain: LauncherDrain = new LauncherDrain({
