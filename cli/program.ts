@@ -83,7 +83,7 @@ ${EXIT_CODES_HELP}
   passThrough('gateway', "the gateway alone (Nightcore's gateway flags)",
     async (argv) => { await (await import('../gateway/main.js')).runGateway(argv); });
   passThrough('launcher', "the node agent alone (Nightcore's engine/launcher flags)",
-    async (argv) => (await import('../launcher/main.js')).runLauncher(argv));
+    async (argv) => { await (await import('../launcher/main.js')).runLauncher(argv); });
 
   // Views.
   for (const [name, what, cols] of [

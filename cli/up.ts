@@ -19,6 +19,7 @@ import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
 import { checkClusterToken } from '../common/cluster-auth.js';
 import { removeIpcRoot } from '../launcher/ipc-files.js';
+import { startOneProcess, type OneProcessStack } from './up-one-process.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -29,6 +30,7 @@ const UP_FLAGS = {
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
   admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN or --admin_token_file, else the one kept in the state file, $XDG_STATE_HOME/nightfuse/up.json, else a new one kept there)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
+  one_process: { type: 'bool', default: true, help: 'gateway and node agent in this one process, with no TCP hop between them (false: each its own process, as between machines)' },
 } satisfies FlagSpecs;
 
 /** The cluster token reaches both children through the environment, never argv (visible to every user in ps). */
@@ -114,6 +116,39 @@ export async function runUp(argv: string[]): Promise<void> {
     for (const [k, v] of Object.entries(extra)) out.push(`--${k}=${v}`);
     return out;
   };
+  const launcherExtra = (host: string, enginePort: number | string, controlPort: number | string) =>
+    ({ gateway_addr: host, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0 });
+  if (f.one_process) {
+    // The in-process gateway and launcher read their tokens as separate processes would; workers never see them (launcher/node-agent.ts).
+    process.env.NIGHTFUSE_CLUSTER_TOKEN = clusterToken;
+    process.env.NIGHTFUSE_ADMIN_TOKEN = f.admin_token;
+    delete process.env.NIGHTFUSE_ADMIN_TOKEN_FILE;
+    delete process.env.NIGHTFUSE_CLUSTER_TOKEN_FILE;
+    let stack: OneProcessStack | undefined;
+    let stopping = false;
+    const stopOne = async (code: number, sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      try {
+        await stack?.stop(sig, f.drain_timeout_ms);
+        removeIpcRoot(f.root_path_for_ipc);
+      } catch (err) {
+        process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+      }
+      process.exit(code);
+    };
+    process.on('SIGINT', () => void stopOne(0, 'SIGINT'));
+    process.on('SIGTERM', () => void stopOne(0, 'SIGTERM'));
+    try {
+      stack = await startOneProcess(pass(GATEWAY_KEYS, {}), (p) => pass(LAUNCHER_KEYS, launcherExtra(loopbackOf(f.listen_addr), p.engine, p.control)));
+      const h = loopbackOf(f.listen_addr);
+      printReady(h, stack.ports.http, stack.ports.grpc, stack.ports.engine, stack.ports.control);
+    } catch (err) {
+      process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+      await stopOne(1, 'start-up failed');
+    }
+    return;
+  }
   const children: ChildProcess[] = [];
   let stopping = false;
   // SIGTERM is passed on and drains (each child waits up to --drain_timeout_ms for its calls); SIGINT stops at once.
@@ -142,7 +177,7 @@ export async function runUp(argv: string[]): Promise<void> {
   const { NIGHTFUSE_ADMIN_TOKEN: _token, NIGHTFUSE_ADMIN_TOKEN_FILE: _tokenFile, ...parentEnv } = process.env;
   const childEnv = { ...parentEnv, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '', NIGHTFUSE_LOG_FORMAT: logFormat(), ...(process.stderr.isTTY ? { FORCE_COLOR: '1' } : {}) };
   const start = (args: string[], env: NodeJS.ProcessEnv = {}) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...childEnv, ...env } });
+    const c = spawn(process.execPath, [...HEAP_FLAGS(), cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...childEnv, ...env } });
     createInterface({ input: c.stderr!, crlfDelay: Infinity }).on('line', (l) => process.stderr.write(`${l}\n`));
     children.push(c);
     c.on('exit', (code, sig) => {
@@ -158,20 +193,31 @@ export async function runUp(argv: string[]): Promise<void> {
     const gw = start(['gateway', ...pass(GATEWAY_KEYS, {})], { NIGHTFUSE_ADMIN_TOKEN: f.admin_token });
     const m = await waitForLine(gw, /gateway ready http=(\S+):(\d+) grpc=\S+:(\d+) engine=\S+:(\d+) control=\S+:(-?\d+)/, 'gateway', 15000);
     const [, host, httpPort, grpcPort, enginePort, controlPort] = m;
-    const gwHost = host === '0.0.0.0' ? '127.0.0.1' : host;
-    const launcher = start(['launcher', ...pass(LAUNCHER_KEYS, {
-      gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
-    })]);
+    const gwHost = loopbackOf(host);
+    const launcher = start(['launcher', ...pass(LAUNCHER_KEYS, launcherExtra(gwHost, enginePort, controlPort))]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
     await waitForNode(gwHost, Number(httpPort), 10000);
+    printReady(gwHost, httpPort, grpcPort, enginePort, controlPort);
+  } catch (err) {
+    process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    await stopAll(1);
+  }
+
+  function printReady(gwHost: string, httpPort: number | string, grpcPort: number | string, enginePort: number | string, controlPort: number | string): void {
     const http = `http://${gwHost}:${httpPort}`;
     if (!tokenNote.startsWith('from ')) writeState(stateFile, { adminToken: f.admin_token, gateway: http });
     // One write: the ready line and the hints reach the terminal whole, never interleaved with a log line.
     process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n` +
       (f.quiet ? '' : upHints({ config, policy, policyFile: f.merge_policy_file, http, token: f.admin_token, tokenNote })));
-  } catch (err) {
-    process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
-    await stopAll(1);
   }
+}
+
+/** The heap sizing this process was started with (bin/nightfuse.js) applies to its children too; nothing else (--inspect …). */
+function HEAP_FLAGS(): string[] {
+  return process.execArgv.filter((a) => /^--max-(semi|old)-space-size=/.test(a));
+}
+
+function loopbackOf(addr: string): string {
+  return addr === '0.0.0.0' ? '127.0.0.1' : addr;
 }
 

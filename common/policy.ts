@@ -23,9 +23,8 @@
  *       mode: always
  *       isolation: inline
  */
-import { readFileSync } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
-import { parse as parseYaml } from 'yaml';
+import { parsePolicyYaml, POLICY_LIMITS, PolicyLimitError, prescanPolicy, readPolicyFile, sizeMessage } from './policy-limits.js';
 import type { Isolation } from '../proto/merge-wire.js';
 
 export type MergeMode = 'auto' | 'always' | 'never';
@@ -144,13 +143,13 @@ export class Policy {
   readonly settings: PairSettings;
   readonly limits: typeof DEFAULT_LIMITS;
   private readonly groupOf = new Map<string, string>();
-  private readonly rules: { caller: RegExp; callee: RegExp; rule: PolicyRule }[];
+  private readonly rules: { caller: string; callee: string; rule: PolicyRule }[];
 
   constructor(readonly doc: PolicyDoc, readonly text: string) {
     this.settings = { ...DEFAULT_SETTINGS, ...doc.defaults };
     this.limits = { ...DEFAULT_LIMITS, ...doc.limits };
     for (const [g, fns] of Object.entries(doc.trustGroups ?? {})) for (const f of fns) this.groupOf.set(f, g);
-    this.rules = (doc.rules ?? []).map((rule) => ({ caller: glob(rule.caller), callee: glob(rule.callee), rule }));
+    this.rules = (doc.rules ?? []).map((rule) => ({ caller: rule.caller, callee: rule.callee, rule }));
   }
 
   trustGroup(fn: string): string {
@@ -161,7 +160,7 @@ export class Policy {
   forPair(caller: string, callee: string): { settings: PairSettings; source: string; sameGroup: boolean } {
     const sameGroup = this.trustGroup(caller) === this.trustGroup(callee);
     for (const [i, r] of this.rules.entries()) {
-      if (r.caller.test(caller) && r.callee.test(callee)) {
+      if (globMatch(r.caller, caller) && globMatch(r.callee, callee)) {
         const { caller: _c, callee: _e, ...over } = r.rule;
         return { settings: { ...this.settings, ...over }, source: `rules[${i}] (${r.rule.caller} -> ${r.rule.callee})`, sameGroup };
       }
@@ -170,16 +169,46 @@ export class Policy {
   }
 }
 
-function glob(p: string): RegExp {
-  return new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+/**
+ * `*` any run, `?` one character, the rest literal. Linear backtracking to
+ * the last star (O(pattern x name)): a regex of many `.*` backtracks
+ * exponentially, and patterns come from policy text.
+ */
+export function globMatch(p: string, s: string): boolean {
+  let i = 0;
+  let j = 0;
+  let star = -1;
+  let mark = 0;
+  while (j < s.length) {
+    if (i < p.length && (p[i] === '?' || (p[i] !== '*' && p[i] === s[j]))) {
+      i++;
+      j++;
+    } else if (i < p.length && p[i] === '*') {
+      star = i++;
+      mark = j;
+    } else if (star >= 0) {
+      i = star + 1;
+      j = ++mark;
+    } else return false;
+  }
+  while (i < p.length && p[i] === '*') i++;
+  return i === p.length;
 }
 
-/** Parses JSON or YAML text and validates it; throws PolicyError listing every problem. */
+/**
+ * Parses JSON or YAML text and validates it; throws PolicyError listing every
+ * problem. The limits (common/policy-limits.ts) are checked first, on the text.
+ */
 export function parsePolicy(text: string, source = '(text)'): Policy {
   let doc: unknown;
   try {
-    doc = text.trim() === '' ? {} : parseYaml(text); // YAML is a superset of JSON
+    if (text.length > POLICY_LIMITS.maxBytes || Buffer.byteLength(text) > POLICY_LIMITS.maxBytes) {
+      throw new PolicyLimitError(sizeMessage(Buffer.byteLength(text)));
+    }
+    prescanPolicy(text);
+    doc = text.trim() === '' ? {} : parsePolicyYaml(text); // YAML is a superset of JSON
   } catch (err) {
+    if (err instanceof PolicyLimitError) throw new PolicyError([err.message], source);
     throw new PolicyError([`not valid JSON or YAML: ${(err as Error).message.split('\n')[0]}`], source);
   }
   if (doc === null || doc === undefined) doc = {};
@@ -212,8 +241,9 @@ export function parsePolicy(text: string, source = '(text)'): Policy {
 export function loadPolicy(path: string): Policy {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readPolicyFile(path);
   } catch (err) {
+    if (err instanceof PolicyLimitError) throw new PolicyError([err.message], path);
     throw new PolicyError([`cannot read the file: ${(err as Error).message}`], path);
   }
   return parsePolicy(text, path);

@@ -9,7 +9,7 @@
  * name, calls that went to another.
  */
 import { randomFillSync } from 'node:crypto';
-import { packCallId, type GatewayMessage, MessageType } from '../proto/wire.js';
+import { packCallIdFast, type GatewayMessage, MessageType } from '../proto/wire.js';
 import type { EngineServer, Node } from './engine-server.js';
 
 export type CallOutcome =
@@ -27,16 +27,23 @@ export interface DispatcherOptions {
   callTimeoutMs: number;
 }
 
-interface Running {
-  id: bigint;
-  funcId: number;
-  node: Node | undefined;
-  input: Buffer;
-  resolve: (o: CallOutcome) => void;
-  timer: NodeJS.Timeout | undefined;
-  /** the client went away: drop the result, skip it in the queue */
-  discarded: boolean;
+/** A call in flight, as its front end holds it: `discard()` when the client has gone. */
+export interface CallHandle {
+  discard(): void;
 }
+
+class Running implements CallHandle {
+  node: Node | undefined = undefined;
+  timer: NodeJS.Timeout | undefined = undefined;
+  /** the client went away: drop the result, skip it in the queue */
+  discarded = false;
+  constructor(readonly id: bigint, readonly funcId: number, public input: Buffer, readonly resolve: (o: CallOutcome) => void) {}
+  discard(): void {
+    this.discarded = true;
+  }
+}
+
+const NO_HANDLE: CallHandle = { discard() {} };
 
 /** Random 32-bit call ids, drawn from a refilled pool (one getrandom per 1024 calls). */
 class CallIdSource {
@@ -91,18 +98,28 @@ export class Dispatcher {
     }
   }
 
-  /** Starts a call; `onDiscard` lets the front end mark it when the client leaves. */
+  /** Starts a call; `discard` lets the front end mark it when the client leaves. */
   call(funcId: number, methodId: number, input: Buffer): { promise: Promise<CallOutcome>; discard: () => void } {
-    let id: bigint;
-    do id = packCallId({ funcId, methodId, clientId: 0, callId: this.ids.take() });
-    while (this.running.has(id));
-    let r!: Running;
+    let h: CallHandle = NO_HANDLE;
     const promise = new Promise<CallOutcome>((resolve) => {
-      r = { id, funcId, node: undefined, input, resolve, timer: undefined, discarded: false };
+      h = this.begin(funcId, methodId, input, resolve);
     });
+    return { promise, discard: () => h.discard() };
+  }
+
+  /**
+   * Starts a call and calls `done` once with its outcome (synchronously, from
+   * inside begin(), when there is no node to take it): the hot path's form of
+   * call(), with no promise and no closure per call.
+   */
+  begin(funcId: number, methodId: number, input: Buffer, done: (o: CallOutcome) => void): CallHandle {
+    let id: bigint;
+    do id = packCallIdFast(funcId, methodId, 0, this.ids.take());
+    while (this.running.has(id));
+    const r = new Running(id, funcId, input, done);
     if (this.order.length === 0) {
       r.resolve({ kind: 'no_node' });
-      return { promise, discard: () => {} };
+      return NO_HANDLE;
     }
     if (this.o.callTimeoutMs > 0) {
       r.timer = setTimeout(() => {
@@ -118,12 +135,7 @@ export class Dispatcher {
     } else {
       this.start(r);
     }
-    return {
-      promise,
-      discard: () => {
-        r.discarded = true;
-      },
-    };
+    return r;
   }
 
   private pickNode(funcId: number): Node | undefined {

@@ -31,8 +31,29 @@ import {
   MessageType, WireError, writeGatewayMessage,
 } from '../proto/wire.js';
 
+/** How DISPATCHes reach an engine: its TCP connection, or a node agent in this very process (`nightfuse up`). */
+export interface EngineTransport {
+  dispatch(fullCallId: bigint, input: Buffer): void;
+  close(): void;
+}
+
+function tcpTransport(socket: net.Socket): EngineTransport {
+  return {
+    dispatch: (id, input) => writeGatewayMessage(socket, encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, id, input.length), input),
+    close: () => socket.destroy(),
+  };
+}
+
 export class EngineConn {
-  constructor(readonly socket: net.Socket, readonly nodeId: number, readonly connId: number, readonly instance: string) {}
+  constructor(readonly transport: EngineTransport, readonly nodeId: number, readonly connId: number, readonly instance: string) {}
+}
+
+/** The gateway's side of an in-process node (launcher/in-process-link.ts): results go straight to the dispatcher. */
+export interface LocalNodeHandle {
+  readonly alive: boolean;
+  /** a FUNC_CALL_COMPLETE / FUNC_CALL_FAILED from the node */
+  result(m: GatewayMessage): void;
+  detach(reason: string): void;
 }
 
 export class Node {
@@ -135,7 +156,7 @@ export class EngineServer {
     }, this.o.authTimeoutMs);
     deadline.unref();
     const admit = (nodeId: number, connId: number, instance: string, authenticated: boolean): boolean => {
-      const c = new EngineConn(socket, nodeId, connId, instance);
+      const c = new EngineConn(tcpTransport(socket), nodeId, connId, instance);
       const why = this.addConn(c, authenticated, socket.remoteAddress ?? '');
       if (why) {
         this.refuse(socket, 'duplicate_node', why, { peer, node: nodeId });
@@ -246,7 +267,7 @@ export class EngineServer {
     const stale = node.conns.find((x) => x.connId === c.connId);
     if (stale) {
       node.conns.splice(node.conns.indexOf(stale), 1);
-      stale.socket.destroy();
+      stale.transport.close();
     }
     node.conns.push(c);
     this.log.info({ node: c.nodeId, conn: c.connId, conns: node.conns.length, authenticated }, 'engine connection up');
@@ -276,7 +297,7 @@ export class EngineServer {
     if (!node || (instance !== undefined && node.instance !== instance)) return;
     this.nodes.delete(nodeId);
     this.log.warn({ node: nodeId, reason }, 'node dropped');
-    for (const c of node.conns.splice(0)) c.socket.destroy();
+    for (const c of node.conns.splice(0)) c.transport.close();
     this.o.events.onNodeDown(node, reason);
   }
 
@@ -284,8 +305,40 @@ export class EngineServer {
   dispatch(node: Node, fullCallId: bigint, input: Buffer): boolean {
     const c = node.pickConn();
     if (!c) return false;
-    writeGatewayMessage(c.socket, encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, fullCallId, input.length), input);
+    c.transport.dispatch(fullCallId, input);
     return true;
+  }
+
+  /**
+   * Registers a connection of a node agent running in this process (no
+   * socket, no handshake: it is us). It is one node like any other (node view,
+   * identity rule, dispatch, failure when it goes), authenticated as the
+   * launcher instance whose control-plane stream it shares.
+   */
+  attachLocal(nodeId: number, connId: number, instance: string, deliver: (fullCallId: bigint, input: Buffer) => void, onClose: () => void): LocalNodeHandle {
+    let alive = true;
+    const close = () => {
+      if (!alive) return;
+      alive = false;
+      onClose();
+    };
+    const c = new EngineConn({ dispatch: deliver, close }, nodeId, connId, instance);
+    const why = this.addConn(c, true, 'in-process');
+    if (why) throw new Error(`in-process node agent refused: ${why}`);
+    return {
+      get alive() {
+        return alive;
+      },
+      result: (m) => {
+        const node = this.nodes.get(nodeId);
+        if (alive && node && node.conns.includes(c)) this.o.events.onResult(node, m);
+      },
+      detach: (reason) => {
+        if (!alive) return;
+        alive = false;
+        this.removeConn(c, reason);
+      },
+    };
   }
 
   async close(): Promise<void> {

@@ -7,17 +7,46 @@
  * Nightcore's gateway. Additions: a grpc-message trailer on errors,
  * RESOURCE_EXHAUSTED over the body limit, DEADLINE_EXCEEDED on our timeout,
  * and short first DATA chunks are buffered (Nightcore's gateway aborts).
+ *
+ * Hostile peers (GrpcLimits): sessions are destroyed on protocol errors and
+ * dropped when the preface and SETTINGS do not arrive in time, when no stream
+ * is open for the idle timeout (this also ends sessions nghttp2 stopped
+ * reading after answering an error with GOAWAY, which node does not report),
+ * and streams whose request is not in within the stream timeout are reset.
+ * Streams per session are capped by the SETTINGS we send (32, as Nightcore),
+ * request bytes buffered per session by a budget of one maximal message,
+ * nghttp2's own state by maxSessionMemory. One sweep per server checks the
+ * deadlines: no timer per stream.
  */
 import http2 from 'node:http2';
 import type { FuncConfig } from '../common/func-config.js';
 import type { Logger } from '../common/log.js';
 import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
-import { collectBody } from '../common/body.js';
+import { ByteBudget, collectBody } from '../common/body.js';
 
 export const GrpcStatus = { OK: 0, UNKNOWN: 2, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, RESOURCE_EXHAUSTED: 8 } as const;
 
 const ALLOWED_PSEUDO = new Set([':method', ':scheme', ':path', ':authority']);
+
+export interface GrpcLimits {
+  /** the client's preface and SETTINGS must arrive this long after accept */
+  settingsTimeoutMs: number;
+  /** a session with no open stream is closed (GOAWAY) after this; 0: never */
+  idleTimeoutMs: number;
+  /** a stream's request (headers to END_STREAM) must be in within this; 0: no deadline */
+  streamTimeoutMs: number;
+  /** accepted connections at once; more are closed at accept, unread; 0: no cap */
+  maxConnections: number;
+}
+
+export const GRPC_LIMITS: GrpcLimits = { settingsTimeoutMs: 10_000, idleTimeoutMs: 60_000, streamTimeoutMs: 30_000, maxConnections: 1024 };
+
+/** Nightcore's SETTINGS_MAX_CONCURRENT_STREAMS: the only setting our SETTINGS frame carries. */
+const MAX_STREAMS = 32;
+
+/** The metric label for calls to services func_config does not have. */
+export const UNKNOWN_LABEL = '(unknown)';
 
 export interface GrpcFrontendOptions {
   config: FuncConfig;
@@ -25,6 +54,19 @@ export interface GrpcFrontendOptions {
   metrics: GatewayMetrics;
   log: Logger;
   maxBodyBytes: number;
+  limits?: Partial<GrpcLimits>;
+}
+
+/** Per session: what the sweep needs. */
+interface SessionState {
+  openedAt: number;
+  settled: boolean;
+  open: number;
+  idleSince: number;
+  closing: boolean;
+  /** streams whose request is still arriving, with when it started */
+  receiving: Map<http2.ServerHttp2Stream, number>;
+  budget: ByteBudget;
 }
 
 function badRequest(stream: http2.ServerHttp2Stream): void {
@@ -77,10 +119,47 @@ function reply(stream: http2.ServerHttp2Stream, status: number, message: Buffer)
 }
 
 export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
-  const server = http2.createServer({ settings: { maxConcurrentStreams: 32 } });
-  server.on('sessionError', (err) => o.log.debug({ err: err.message }, 'gRPC session error'));
+  const l = { ...GRPC_LIMITS, ...o.limits };
+  const server = http2.createServer({
+    settings: { maxConcurrentStreams: MAX_STREAMS },
+    maxSessionMemory: 10, // MiB of nghttp2 state per session (node's default, stated)
+    maxSessionInvalidFrames: 100,
+    maxSessionRejectedStreams: 100,
+  });
+  if (l.maxConnections > 0) server.maxConnections = l.maxConnections;
+  const sessions = new Map<http2.ServerHttp2Session, SessionState>();
+  const messageLimit = o.maxBodyBytes > 0 ? o.maxBodyBytes + 5 : 0;
+  server.on('session', (session) => {
+    const now = Date.now();
+    const st: SessionState = {
+      openedAt: now, settled: false, open: 0, idleSince: now, closing: false, receiving: new Map(),
+      budget: new ByteBudget(messageLimit || 0x7fffffff),
+    };
+    sessions.set(session, st);
+    session.once('remoteSettings', () => (st.settled = true));
+    session.once('close', () => sessions.delete(session));
+  });
+  server.on('sessionError', (err, session) => {
+    o.log.debug({ err: err.message }, 'gRPC session error: closed');
+    session.destroy();
+  });
+  server.on('drop', (d?: { remoteAddress?: string }) => o.log.debug({ peer: d?.remoteAddress, max: l.maxConnections }, 'gRPC connection refused: over --max_connections'));
+  const shortest = Math.min(...[l.settingsTimeoutMs, l.idleTimeoutMs, l.streamTimeoutMs].filter((t) => t > 0), 4000);
+  const sweep = setInterval(() => sweepSessions(sessions, l), Math.max(10, Math.floor(shortest / 4)));
+  sweep.unref();
+  server.once('close', () => clearInterval(sweep));
+
   server.on('stream', (stream, headers) => {
     stream.on('error', () => {});
+    const st = sessions.get(stream.session as http2.ServerHttp2Session);
+    if (st) {
+      st.open++;
+      st.receiving.set(stream, Date.now());
+      stream.once('close', () => {
+        st.receiving.delete(stream);
+        if (--st.open === 0) st.idleSince = Date.now();
+      });
+    }
     const target = checkHeaders(headers);
     if (typeof target === 'string') {
       o.log.debug({ why: target }, 'gRPC request refused');
@@ -88,13 +167,17 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
       badRequest(stream);
       return;
     }
-    void collectBody(stream, o.maxBodyBytes > 0 ? o.maxBodyBytes + 5 : 0).then((r) => {
+    void collectBody(stream, messageLimit, { early: true, budget: st?.budget }).then((r) => {
       const name = `grpc:${target.service}`;
+      // a metric label per service name a peer makes up would grow without bound
+      const label = o.config.byName.has(name) ? name : UNKNOWN_LABEL;
       if (!r.ok) {
-        o.metrics.request(name, GrpcStatus.RESOURCE_EXHAUSTED, 0, 'grpc');
+        o.log.debug({ func: name, why: r.why, size: r.size }, 'gRPC request message over the limit');
+        o.metrics.request(label, GrpcStatus.RESOURCE_EXHAUSTED, 0, 'grpc');
         reply(stream, GrpcStatus.RESOURCE_EXHAUSTED, Buffer.alloc(0));
         return;
       }
+      st?.receiving.delete(stream);
       const body = r.body;
       let input: Buffer = Buffer.alloc(0);
       if (body.length > 0) {
@@ -107,7 +190,7 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
       const entry = o.config.byName.get(name);
       const methodId = entry?.isGrpc ? entry.grpcMethods.indexOf(target.method) : -1;
       if (!entry || methodId < 0) {
-        o.metrics.request(name, GrpcStatus.NOT_FOUND, 0, 'grpc');
+        o.metrics.request(label, GrpcStatus.NOT_FOUND, 0, 'grpc');
         reply(stream, GrpcStatus.NOT_FOUND, Buffer.alloc(0));
         return;
       }
@@ -124,4 +207,27 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
     }, () => stream.destroy());
   });
   return server;
+}
+
+function sweepSessions(sessions: Map<http2.ServerHttp2Session, SessionState>, l: GrpcLimits): void {
+  const now = Date.now();
+  for (const [session, st] of sessions) {
+    if (st.closing || (!st.settled && now - st.openedAt > l.settingsTimeoutMs)) {
+      // no preface/SETTINGS in time, or a GOAWAY'd session still there one sweep later
+      session.destroy();
+      continue;
+    }
+    if (st.open === 0 && l.idleTimeoutMs > 0 && now - st.idleSince > l.idleTimeoutMs) {
+      st.closing = true;
+      session.close();
+      continue;
+    }
+    if (l.streamTimeoutMs > 0) {
+      for (const [stream, since] of st.receiving) {
+        if (now - since <= l.streamTimeoutMs) continue;
+        st.receiving.delete(stream);
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }
+    }
+  }
 }

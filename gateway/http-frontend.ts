@@ -8,8 +8,18 @@
  * GET /metrics (Prometheus text), GET /healthz (alive) and /readyz (a node
  * can serve; 503 with the reason otherwise), and an admin API mounted by the
  * gateway under /admin/ when enabled.
+ *
+ * Connection handling departs from Nightcore (which keeps every socket open
+ * forever): `Connection: close` and HTTP/1.0 (unless it asks for keep-alive)
+ * get `Connection: close` and the socket is closed after the answer; headers,
+ * bodies, idle keep-alive and stalled writes are timed out; connections are
+ * capped and header blocks bounded (HttpLimits). Pipelined requests are
+ * answered in order, and a connection stops being read while MAX_PIPELINED
+ * answers are outstanding. Timeouts ride on node's own per-server sweep and
+ * per-socket timer: nothing per request.
  */
 import http from 'node:http';
+import type net from 'node:net';
 import type { FuncConfig } from '../common/func-config.js';
 import type { Logger } from '../common/log.js';
 import type { CallOutcome, Dispatcher } from './dispatcher.js';
@@ -17,10 +27,31 @@ import type { GatewayMetrics } from './metrics.js';
 import { queryToJsonInput } from './qs-input.js';
 import { collectBody } from '../common/body.js';
 import { probeAnswer, type Readiness } from '../common/lifecycle.js';
+import { attachFastPath, FastPath } from './http-fast.js';
+
+export interface HttpLimits {
+  /** request headers must be complete this long after the request's first byte (a new connection's: its accept) */
+  headerTimeoutMs: number;
+  /** the whole request must be in within headerTimeoutMs + bodyTimeoutMs of its first byte; 0: no body deadline */
+  bodyTimeoutMs: number;
+  /** a connection with no request in progress, or a response that makes no progress, is closed after this; 0: never */
+  idleTimeoutMs: number;
+  /** accepted connections at once; more are closed at accept, unread; 0: no cap */
+  maxConnections: number;
+  /** request line + headers (Nightcore's http_parser limit: 80 KiB) */
+  maxHeaderBytes: number;
+}
+
+export const HTTP_LIMITS: HttpLimits = {
+  headerTimeoutMs: 10_000, bodyTimeoutMs: 30_000, idleTimeoutMs: 60_000, maxConnections: 1024, maxHeaderBytes: 80 * 1024,
+};
+
+/** Answers a connection may owe before we stop reading it (bounds what one pipelining peer can queue). */
+export const MAX_PIPELINED = 32;
 
 const STATUS_TEXT: Record<number, string> = {
-  200: 'OK', 400: 'Bad Request', 404: 'Not Found', 413: 'Payload Too Large', 500: 'Internal Server Error',
-  503: 'Service Unavailable', 504: 'Gateway Timeout',
+  200: 'OK', 400: 'Bad Request', 404: 'Not Found', 408: 'Request Timeout', 413: 'Payload Too Large',
+  431: 'Request Header Fields Too Large', 500: 'Internal Server Error', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
@@ -41,16 +72,26 @@ export function nightcoreDate(now = Date.now()): string {
   return cachedDate;
 }
 
+/** Nightcore's header block, in its order; `Connection: close` only where the connection ends after the answer. */
+function headerBlock(keepAlive: boolean, contentType: string, length: number): string[] {
+  return ['Date', nightcoreDate(), 'Server', 'FaaS/0.1', 'Connection', keepAlive ? 'Keep-Alive' : 'close',
+    'Content-Type', contentType, 'Content-Length', String(length)];
+}
+
 export function sendPlain(res: http.ServerResponse, status: number, body: Buffer | string, contentType = 'text/plain'): void {
   const b = typeof body === 'string' ? Buffer.from(body) : body;
   res.sendDate = false;
-  // Node keeps a connection the client asked to close open when the header says Keep-Alive: say close then.
-  const keepAlive = (res as { shouldKeepAlive?: boolean }).shouldKeepAlive !== false;
-  res.writeHead(status, STATUS_TEXT[status] ?? '', [
-    'Date', nightcoreDate(), 'Server', 'FaaS/0.1', 'Connection', keepAlive ? 'Keep-Alive' : 'close', 'Content-Type', contentType,
-    'Content-Length', String(b.length),
-  ]);
+  // shouldKeepAlive is node's reading of the request: false for `Connection: close` and for HTTP/1.0 without keep-alive.
+  res.writeHead(status, STATUS_TEXT[status] ?? '', headerBlock(res.shouldKeepAlive, contentType, b.length));
   res.end(b);
+}
+
+/** The same block as raw bytes, for answers written where node has no response object (parse errors, timeouts). */
+function rawAnswer(status: number, text: string): string {
+  const h = headerBlock(false, 'text/plain', Buffer.byteLength(text));
+  let out = `HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\n`;
+  for (let i = 0; i < h.length; i += 2) out += `${h[i]}: ${h[i + 1]}\r\n`;
+  return `${out}\r\n${text}`;
 }
 
 export function outcomeStatus(o: CallOutcome): number {
@@ -67,24 +108,150 @@ export interface HttpFrontendOptions {
   metrics: GatewayMetrics;
   log: Logger;
   maxBodyBytes: number;
+  limits?: Partial<HttpLimits>;
   /** other routes (admin API, …): return true when handled */
   extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean;
   /** for GET /readyz; absent: always ready */
   ready?: () => Readiness;
+  /** false while the gateway drains: function calls then go to extraRoutes' refusal, not the fast path */
+  acceptingCalls?: () => boolean;
 }
 
 export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
-  const server = http.createServer({ maxHeaderSize: 80 * 1024, keepAliveTimeout: 120_000, requestTimeout: 0 }, (req, res) => {
-    handle(o, req, res);
-  });
-  server.keepAliveTimeout = 120_000;
-  server.headersTimeout = 60_000;
-  server.on('clientError', (err, socket) => {
-    o.log.debug({ err: err.message }, 'malformed HTTP request');
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  const l = { ...HTTP_LIMITS, ...o.limits };
+  const shortest = Math.min(...[l.headerTimeoutMs, l.bodyTimeoutMs].filter((t) => t > 0), 4000);
+  const server = http.createServer({
+    maxHeaderSize: l.maxHeaderBytes,
+    requireHostHeader: false, // Nightcore ignores request headers; node would answer 400 itself
+    headersTimeout: l.headerTimeoutMs,
+    requestTimeout: l.bodyTimeoutMs > 0 ? l.headerTimeoutMs + l.bodyTimeoutMs : 0,
+    keepAliveTimeout: l.idleTimeoutMs,
+    // node checks both deadlines for all connections in one sweep: this is their resolution
+    connectionsCheckingInterval: Math.max(10, Math.floor(shortest / 4)),
+  }, (req, res) => handle(o, req, res));
+  // One inactivity timer per socket (node's): idle keep-alive (node adds 1 s to it) and stalled response writes.
+  server.timeout = l.idleTimeoutMs;
+  server.on('timeout', (socket: Sock) => {
+    const pending = socket._httpMessage;
+    // waiting for the function (the request is in, nothing written yet): --call_timeout_ms bounds that
+    if (pending && pending.req.complete && !pending.headersSent) socket.setTimeout(l.idleTimeoutMs);
     else socket.destroy();
   });
+  if (l.maxConnections > 0) server.maxConnections = l.maxConnections;
+  // Plain function calls take the fast path; it hands every other connection to node:http (http-fast.ts).
+  const nodeListeners = server.listeners('connection') as ((s: net.Socket) => void)[];
+  server.removeAllListeners('connection');
+  const fast = new FastPath({
+    config: o.config, dispatcher: o.dispatcher, metrics: o.metrics, maxBodyBytes: o.maxBodyBytes, limits: l, accepting: o.acceptingCalls,
+    handOff: (s) => { for (const f of nodeListeners) f.call(server, s); },
+  });
+  server.on('connection', (s: net.Socket) => fast.accept(s));
+  attachFastPath(server, fast);
+  const closeAll = server.closeAllConnections.bind(server);
+  server.closeAllConnections = () => {
+    fast.closeAll();
+    closeAll();
+  };
+  const closeIdle = server.closeIdleConnections.bind(server);
+  server.closeIdleConnections = () => {
+    fast.closeIdle();
+    closeIdle();
+  };
+  server.on('drop', (d?: { remoteAddress?: string }) => o.log.debug({ peer: d?.remoteAddress, max: l.maxConnections }, 'HTTP connection refused: over --max_connections'));
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Sock) => onClientError(o.log, l, err, socket));
   return server;
+}
+
+const kConn = Symbol('nightfuse.httpConn');
+
+/** What we keep per connection, made only once a connection pipelines or fails. */
+interface ConnState {
+  queued: number;
+  failed: boolean;
+  /** requests parsed past MAX_PIPELINED (node parses a whole read at once): run as earlier answers go out */
+  deferred: (() => void)[];
+}
+
+/** The node internals this module leans on, in one place (a future parser replaces them). */
+type Sock = net.Socket & {
+  [kConn]?: ConnState;
+  _httpMessage?: http.ServerResponse | null;
+  _paused?: boolean;
+  parser?: { resume(): void } | null;
+};
+
+function connState(s: Sock): ConnState {
+  return (s[kConn] ??= { queued: 0, failed: false, deferred: [] });
+}
+
+// node's own pipelining backpressure flag: set, node does not resume the socket behind our back.
+function stopReading(s: Sock): void {
+  if (s._paused) return;
+  s._paused = true;
+  s.pause();
+}
+
+function startReading(s: Sock): void {
+  if (!s._paused) return;
+  s._paused = false;
+  s.parser?.resume();
+  s.resume();
+}
+
+/**
+ * A request parsed while an earlier one on its connection is unanswered.
+ * Returns false when it must wait: `run` is called once an earlier answer is out.
+ */
+function pipelined(sock: Sock, res: http.ServerResponse, run: () => void): boolean {
+  const st = connState(sock);
+  const now = ++st.queued <= MAX_PIPELINED;
+  if (!now) st.deferred.push(run);
+  if (st.queued >= MAX_PIPELINED) stopReading(sock);
+  res.once('close', () => {
+    st.queued--;
+    st.deferred.shift()?.();
+    if (st.queued < MAX_PIPELINED && !st.failed) startReading(sock);
+  });
+  return now;
+}
+
+/**
+ * A parse error or timeout. Answers still owed on the connection go out first,
+ * in order; then the error answer (none after `Connection: close`, where the
+ * data that follows is ignored) and the socket closes.
+ */
+function onClientError(log: Logger, l: HttpLimits, err: NodeJS.ErrnoException, socket: Sock): void {
+  const st = connState(socket);
+  if (st.failed) return;
+  st.failed = true;
+  stopReading(socket);
+  log.debug({ err: err.code ?? err.message }, 'HTTP connection error');
+  const finish = () => {
+    const owed = socket._httpMessage;
+    // owed: the answer to a request received whole; the request that failed (incomplete) is owed the error instead
+    if (owed && (owed.req.complete || owed.headersSent)) {
+      owed.once('finish', finish); // node hands the socket to the next queued answer before this runs
+      return;
+    }
+    if (!socket.writable || err.code === 'HPE_CLOSED_CONNECTION') return void socket.destroySoon();
+    socket.write(errorAnswer(l, err));
+    socket.destroySoon();
+    const t = setTimeout(() => socket.destroy(), 1000).unref(); // a peer that does not read gets no longer
+    socket.once('close', () => clearTimeout(t));
+  };
+  finish();
+}
+
+export function errorAnswer(l: HttpLimits, err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return rawAnswer(408, `request not received in time: headers within ${l.headerTimeoutMs} ms` +
+        (l.bodyTimeoutMs > 0 ? `, the whole request within ${l.headerTimeoutMs + l.bodyTimeoutMs} ms` : '') + '\n');
+    case 'HPE_HEADER_OVERFLOW':
+      return rawAnswer(431, `request line and headers over the limit of ${l.maxHeaderBytes} bytes\n`);
+    default:
+      return rawAnswer(400, `malformed HTTP request (${err.code ?? 'parse error'})\n`);
+  }
 }
 
 function splitTarget(url: string): { path: string; query: string } {
@@ -101,6 +268,12 @@ function splitTarget(url: string): { path: string; query: string } {
 }
 
 function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
+  // node queues this answer behind an unanswered one
+  if (res.socket === null && !pipelined(req.socket as Sock, res, () => res.destroyed || serve(o, req, res))) return;
+  serve(o, req, res);
+}
+
+function serve(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
   const { path, query } = splitTarget(req.url ?? '/');
   const method = req.method ?? '';
   if (o.extraRoutes?.(req, res, path, query)) return;
@@ -129,7 +302,7 @@ function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.Ser
     req.resume();
     return;
   }
-  void collectBody(req, o.maxBodyBytes).then((r) => {
+  void collectBody(req, o.maxBodyBytes, { early: true }).then((r) => {
     if (!r.ok) {
       o.metrics.request(name, 413, 0);
       sendPlain(res, 413, `request body exceeds the limit of ${o.maxBodyBytes} bytes\n`);

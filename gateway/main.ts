@@ -6,8 +6,8 @@ import { createLogger, type Logger } from '../common/log.js';
 import { ControlServer } from './control-server.js';
 import { Dispatcher } from './dispatcher.js';
 import { EngineServer } from './engine-server.js';
-import { createGrpcFrontend } from './grpc-frontend.js';
-import { createHttpFrontend } from './http-frontend.js';
+import { createGrpcFrontend, GRPC_LIMITS, type GrpcLimits } from './grpc-frontend.js';
+import { createHttpFrontend, HTTP_LIMITS, type HttpLimits } from './http-frontend.js';
 import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
@@ -31,6 +31,13 @@ export const GATEWAY_FLAGS = {
   control_port: { type: 'int', default: 10008, help: 'Nightfuse control plane (gRPC) for launchers; -1: off', min: -1, max: 65535 },
   max_body_bytes: { type: 'int', default: 32 << 20, help: 'request body limit (413 / RESOURCE_EXHAUSTED); 0: up to 2 GiB', min: 0 },
   call_timeout_ms: { type: 'int', default: 60000, help: 'per-call timeout (504 / DEADLINE_EXCEEDED); 0: none', min: 0 },
+  http_header_timeout_ms: { type: 'int', default: HTTP_LIMITS.headerTimeoutMs, help: 'HTTP: request headers within this of the first byte (408 and close)', min: 1 },
+  http_body_timeout_ms: { type: 'int', default: HTTP_LIMITS.bodyTimeoutMs, help: 'HTTP: the whole request within header + this timeout of its first byte (408 and close); 0: none', min: 0 },
+  http_idle_timeout_ms: { type: 'int', default: HTTP_LIMITS.idleTimeoutMs, help: 'HTTP: close keep-alive connections idle (or responses stalled) this long; 0: never', min: 0 },
+  grpc_settings_timeout_ms: { type: 'int', default: GRPC_LIMITS.settingsTimeoutMs, help: 'gRPC: drop a connection whose HTTP/2 preface and SETTINGS do not arrive within this', min: 1 },
+  grpc_idle_timeout_ms: { type: 'int', default: GRPC_LIMITS.idleTimeoutMs, help: 'gRPC: close (GOAWAY) a session with no open stream for this long; 0: never', min: 0 },
+  grpc_stream_timeout_ms: { type: 'int', default: GRPC_LIMITS.streamTimeoutMs, help: 'gRPC: reset a stream whose request is not in within this; 0: none', min: 0 },
+  max_connections: { type: 'int', default: HTTP_LIMITS.maxConnections, help: 'open connections per front end (HTTP, gRPC); more are closed at accept; 0: no cap', min: 0 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (JSON or YAML) pushed to every launcher; reloaded on SIGHUP and on change' },
   admin_token: { type: 'string', default: '', help: 'token for the admin API under /admin/v1 (or NIGHTFUSE_ADMIN_TOKEN); without one the API is refused' },
   admin_token_file: { type: 'string', default: '', help: 'read the admin token from this file (a mounted Secret, a systemd credential)' },
@@ -63,6 +70,8 @@ export interface GatewayOptions {
   log: Logger;
   mergePolicyFile?: string;
   adminToken?: string;
+  httpLimits?: Partial<HttpLimits>;
+  grpcLimits?: Partial<GrpcLimits>;
   /** cluster token; '' = none */
   clusterToken?: string;
   plainEngineAllow?: string;
@@ -116,11 +125,12 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean) | undefined;
   let drain!: GatewayDrain;
   const httpServer = createHttpFrontend({
-    config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
+    config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody, limits: o.httpLimits,
     extraRoutes: (req, res, path, query) => drain.refuse(req, res, path) || (extra?.(req, res, path, query) ?? false),
     ready: () => drain.readiness(),
+    acceptingCalls: () => !drain.draining,
   });
-  const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody });
+  const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody, limits: o.grpcLimits });
   drain = new GatewayDrain(engines, dispatcher, { http: httpServer, grpc: grpcServer }, o.log);
   let control: ControlServer | undefined;
   let controlPort = -1;
@@ -174,7 +184,8 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   };
 }
 
-export async function runGateway(argv: string[]): Promise<RunningGateway | undefined> {
+/** `embedded`: inside `nightfuse up`'s one process, which prints and handles signals itself. */
+export async function runGateway(argv: string[], embedded = false): Promise<RunningGateway | undefined> {
   if (argv.includes('--help')) {
     process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS, { env: true })}\n`);
     return undefined;
@@ -201,6 +212,8 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
     controlPort: f.control_port, maxRunningRequests: f.max_running_requests, lbPerFnRoundRobin: f.lb_per_fn_round_robin,
     lbPickLeastLoad: f.lb_pick_least_load, maxBodyBytes: f.max_body_bytes, callTimeoutMs: f.call_timeout_ms, log,
     mergePolicyFile: f.merge_policy_file || undefined, adminToken: secretFlag(parsed, 'admin_token'),
+    httpLimits: { headerTimeoutMs: f.http_header_timeout_ms, bodyTimeoutMs: f.http_body_timeout_ms, idleTimeoutMs: f.http_idle_timeout_ms, maxConnections: f.max_connections },
+    grpcLimits: { settingsTimeoutMs: f.grpc_settings_timeout_ms, idleTimeoutMs: f.grpc_idle_timeout_ms, streamTimeoutMs: f.grpc_stream_timeout_ms, maxConnections: f.max_connections },
     clusterToken, plainEngineAllow: f.plain_engine_allow, clusterAuthTimeoutMs: f.cluster_auth_timeout_ms,
     engineMaxMessageBytes: f.engine_max_message_bytes, nodeSilenceMs: f.node_silence_ms,
   });
@@ -208,6 +221,7 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
     const r = gw.policy.reloadFile('SIGHUP');
     if (!r.ok) log.error({ errors: r.errors }, 'policy reload on SIGHUP refused');
   });
+  if (embedded) return gw;
   const a = f.listen_addr;
   process.stdout.write(
     `gateway ready http=${a}:${gw.ports.http} grpc=${a}:${gw.ports.grpc} engine=${a}:${gw.ports.engine} control=${a}:${gw.ports.control}\n`,

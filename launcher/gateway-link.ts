@@ -26,10 +26,18 @@ import {
 } from '../proto/wire.js';
 import type { Logger } from '../common/log.js';
 
+/** One connection to the gateway, as the node agent sees it: where a call came from, so its result goes back there. */
 export interface GatewayConn {
   readonly connId: number;
   readonly alive: boolean;
-  write(header: Buffer, payload?: Buffer): boolean;
+}
+
+/** What the launcher needs from its link to the gateway (TCP here, or launcher/in-process-link.ts). */
+export interface NodeLink {
+  start(): void;
+  stop(): void;
+  sendResult(preferred: GatewayConn | undefined, type: MessageType, fullCallId: bigint, value: number, payload?: Buffer): boolean;
+  reconnectAll(why: string): void;
 }
 
 export interface GatewayLinkOptions {
@@ -66,7 +74,7 @@ class Conn implements GatewayConn {
   }
 }
 
-export class GatewayLink {
+export class GatewayLink implements NodeLink {
   private readonly conns: Conn[] = [];
   private stopped = false;
   /** connections the gateway refused or that failed to authenticate, by reason */
@@ -87,7 +95,7 @@ export class GatewayLink {
   /** Sends a result on `preferred` if it is up, else on any live connection (the gateway matches by call id). */
   sendResult(preferred: GatewayConn | undefined, type: MessageType, fullCallId: bigint, value: number, payload?: Buffer): boolean {
     const header = encodeGatewayHeader(type, fullCallId, payload?.length ?? 0, value);
-    const conn = preferred?.alive ? preferred : this.conns.find((c) => c.alive);
+    const conn = preferred instanceof Conn && preferred.alive ? preferred : this.conns.find((c) => c.alive);
     if (!conn) return false;
     return conn.write(header, payload);
   }

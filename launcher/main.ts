@@ -5,7 +5,8 @@ import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, secretFlag, type FlagSpe
 import { createLogger } from '../common/log.js';
 import { WORKER_HOST } from '../common/paths.js';
 import { MessageType } from '../proto/wire.js';
-import { GatewayLink } from './gateway-link.js';
+import { GatewayLink, type GatewayLinkOptions, type NodeLink } from './gateway-link.js';
+import type { Logger } from '../common/log.js';
 import { hostnameNodeId } from './ipc-files.js';
 import { NodeAgent } from './node-agent.js';
 import { ControlClient } from './control-client.js';
@@ -49,10 +50,20 @@ export const LAUNCHER_FLAGS = {
 /** Nightcore's library flags and launcher flags this node agent does not implement: accepted, ignored. */
 export const IGNORED_ENGINE_FLAGS: readonly string[] = [...NIGHTCORE_LIBRARY_FLAGS, 'fprocess_mode', 'fprocess_working_dir'];
 
-export async function runLauncher(argv: string[]): Promise<void> {
+/** How `nightfuse up` runs a launcher inside its own process (launcher/one-process.ts). */
+export interface LauncherEmbedding {
+  /** the link to the gateway, instead of TCP connections */
+  link(o: { nodeId: number; instance: Buffer; connections: number; log: Logger; onDispatch: GatewayLinkOptions['onDispatch']; onConnected(): void }): NodeLink;
+}
+
+export interface RunningLauncher {
+  stop(sig: string): Promise<void>;
+}
+
+export async function runLauncher(argv: string[], embed?: LauncherEmbedding): Promise<RunningLauncher | undefined> {
   if (argv.includes('--help')) {
     process.stdout.write(`usage: nightfuse launcher [flags]\n${flagHelp(LAUNCHER_FLAGS, { env: true })}\n`);
-    return;
+    return undefined;
   }
   const parsed = parseFlags(LAUNCHER_FLAGS, argv, { ignored: IGNORED_ENGINE_FLAGS, env: process.env });
   const f = parsed.values;
@@ -76,17 +87,20 @@ export async function runLauncher(argv: string[]): Promise<void> {
     log,
     outputDir: f.fprocess_output_dir || undefined,
   });
-  const link = new GatewayLink({
+  const onDispatch: GatewayLinkOptions['onDispatch'] = (m, conn) => {
+    if (drain.dispatched(m.fullCallId)) agent.dispatchExternal(m, conn);
+    else agent.sendToGateway(conn, MessageType.FUNC_CALL_FAILED, m.fullCallId, 0);
+  };
+  const onConnected = () => drain.engineConnected();
+  const connections = f.num_io_workers * f.gateway_conn_per_worker;
+  const link: NodeLink = embed ? embed.link({ nodeId, instance, connections, log, onDispatch, onConnected }) : new GatewayLink({
     host: f.gateway_addr,
     port: f.gateway_port,
-    connections: f.num_io_workers * f.gateway_conn_per_worker,
+    connections,
     nodeId,
     log,
-    onDispatch: (m, conn) => {
-      if (drain.dispatched(m.fullCallId)) agent.dispatchExternal(m, conn);
-      else agent.sendToGateway(conn, MessageType.FUNC_CALL_FAILED, m.fullCallId, 0);
-    },
-    onConnected: () => drain.engineConnected(),
+    onDispatch,
+    onConnected,
     token: clusterToken,
     instance,
     authTimeoutMs: f.cluster_auth_timeout_ms,
@@ -161,7 +175,7 @@ export async function runLauncher(argv: string[]): Promise<void> {
   link.start();
   control?.start();
   log.info({ ipcRoot: f.root_path_for_ipc, functions: config.entries.length }, 'launcher ready');
-  process.stdout.write(`launcher ready node=${nodeId} ipc_root=${f.root_path_for_ipc} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
+  if (!embed) process.stdout.write(`launcher ready node=${nodeId} ipc_root=${f.root_path_for_ipc} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
 
   // SIGTERM drains (leave dispatch, finish the calls in flight); SIGINT, or a second signal, stops at once.
   let stopping = false;
@@ -180,10 +194,12 @@ export async function runLauncher(argv: string[]): Promise<void> {
     control?.stop();
     link.stop();
     probe?.close();
-    process.exit(0);
+    if (!embed) process.exit(0);
   };
+  if (embed) return { stop };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  return { stop };
 }
 
 /**

@@ -23,12 +23,17 @@ import {
   IpcFrameReader,
   MESSAGE_SIZE,
   MessageType,
-  monotonicMicros,
+  monotonicMicrosNumber,
+  setSendTimestampUs,
 } from '../proto/wire.js';
 import { EdgeStats } from './edge-stats.js';
 import type { GatewayConn } from './gateway-link.js';
 import { IpcRoot } from './ipc-files.js';
 import { spawnProcess, type SpawnedProcess } from './spawn.js';
+import { type Call, type FunctionCounters, FunctionPool, Worker } from './workers.js';
+
+export { FunctionPool, Worker, type FunctionCounters, type WorkerState } from './workers.js';
+import { writeNow } from '../common/write-now.js';
 
 export interface NodeAgentOptions {
   config: FuncConfig;
@@ -43,124 +48,19 @@ export interface NodeAgentOptions {
   workerEnv?: Record<string, string>;
 }
 
-/** Where a call came from, and so where its result goes. */
-type CallSource =
-  | { kind: 'gateway'; conn: GatewayConn | undefined }
-  | { kind: 'nested'; caller: Worker; callerFunc: string };
-
-interface Call {
-  id: bigint;
-  funcId: number;
-  /** the DISPATCH_FUNC_CALL frame to write to a worker */
-  frame: Buffer;
-  source: CallSource;
-  inputSize: number;
-  /** the launcher wrote <id>.i and removes it */
-  ownsInputShm: boolean;
-  receivedUs: bigint;
-  dispatchedUs?: bigint;
-  done?: boolean;
-}
-
-export type WorkerState = 'starting' | 'idle' | 'busy' | 'dead';
-
-export class Worker {
-  state: WorkerState = 'starting';
-  current: Call | undefined;
-  /** nested calls this worker made that are still in flight */
-  readonly nested = new Map<bigint, Call>();
-  inSock: net.Socket | undefined;
-  outSock: net.Socket | undefined;
-  hsSock: net.Socket | undefined;
-  handshakeTimer: NodeJS.Timeout | undefined;
-  /** held out of dispatch (injection in progress); `heldWaiter` resolves once it is idle */
-  held = false;
-  heldWaiter: (() => void) | undefined;
-  readonly startedAt = Date.now();
-  constructor(
-    readonly clientId: number,
-    readonly fprocessId: number,
-    readonly pool: FunctionPool,
-    readonly proc: SpawnedProcess,
-  ) {}
-  get pid(): number {
-    return this.proc.pid;
-  }
-  /** handshaken and alive: it can take calls (or is taking one) */
-  get ready(): boolean {
-    return this.state === 'idle' || this.state === 'busy';
-  }
-}
-
-export interface FunctionCounters {
-  calls: number;
-  failures: number;
-  restarts: number;
-  spawned: number;
-  /** sum of the workers' reported processing time of completed calls (µs) */
-  processingUs: number;
-}
-
-export class FunctionPool {
-  readonly workers = new Map<number, Worker>();
-  readonly idle: Worker[] = [];
-  readonly pending: Call[] = [];
-  private pendingHead = 0;
-  readonly counters: FunctionCounters = { calls: 0, failures: 0, restarts: 0, spawned: 0, processingUs: 0 };
-  nextFprocessId = 0;
-  crashStreak = 0;
-  respawnTimer: NodeJS.Timeout | undefined;
-  constructor(readonly entry: FuncEntry) {}
-
-  get minWorkers(): number {
-    // Nightcore: key absent -> 4 workers at start; <= 0 -> none.
-    const m = this.entry.minWorkers;
-    return m === undefined ? 4 : Math.max(0, m);
-  }
-  get maxWorkers(): number {
-    const m = this.entry.maxWorkers;
-    return m === undefined || m <= 0 ? Infinity : m;
-  }
-  get live(): number {
-    let n = 0;
-    for (const w of this.workers.values()) if (w.state !== 'dead') n++;
-    return n;
-  }
-  get starting(): number {
-    let n = 0;
-    for (const w of this.workers.values()) if (w.state === 'starting') n++;
-    return n;
-  }
-  get queued(): number {
-    return this.pending.length - this.pendingHead;
-  }
-  enqueue(c: Call): void {
-    this.pending.push(c);
-  }
-  dequeue(): Call | undefined {
-    while (this.pendingHead < this.pending.length) {
-      const c = this.pending[this.pendingHead++];
-      if (this.pendingHead > 1024 && this.pendingHead * 2 > this.pending.length) {
-        this.pending.splice(0, this.pendingHead);
-        this.pendingHead = 0;
-      }
-      if (!c.done) return c;
-    }
-    return undefined;
-  }
-  popIdle(): Worker | undefined {
-    for (;;) {
-      const w = this.idle.pop();
-      if (!w) return undefined;
-      if (w.state === 'idle' && !w.held) return w; // a held worker is pushed back when released
-    }
-  }
-  get runnable(): boolean {
-    return Boolean(this.entry.library || this.entry.command);
-  }
-}
-
 const MAX_CLIENT_ID = 16383;
+
+/**
+ * The environment workers start from: ours without Nightfuse's own settings.
+ * NIGHTFUSE_* carries the cluster and admin tokens and our flags; function
+ * code must not read them (a function holding the cluster token could pose as
+ * a node).
+ */
+function workerBaseEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('NIGHTFUSE_')) env[k] = v;
+  return env;
+}
 
 export class NodeAgent {
   readonly ipc: IpcRoot;
@@ -256,7 +156,7 @@ export class NodeAgent {
         stdoutFd: fds[0],
         stderrFd: fds[1],
         env: {
-          ...process.env,
+          ...workerBaseEnv(),
           ...this.opts.workerEnv,
           FAAS_FUNC_ID: String(e.funcId),
           FAAS_FPROCESS_ID: String(fprocessId),
@@ -397,10 +297,18 @@ export class NodeAgent {
   /** Keeps minWorkers alive and starts workers for queued calls, with backoff on crash loops. */
   private ensureCapacity(pool: FunctionPool): void {
     if (this.stopping || !pool.runnable || pool.respawnTimer) return;
-    // A held worker (injection in progress, ~1 ms) is capacity about to return: do not start one for it.
-    const held = [...pool.workers.values()].filter((w) => w.held).length;
-    const want = Math.min(pool.maxWorkers, Math.max(pool.minWorkers, pool.live + Math.max(0, pool.queued - pool.starting - held)));
-    const missing = want - pool.live;
+    // counted in one pass: this runs for every call that has to queue
+    let live = 0;
+    let starting = 0;
+    let held = 0; // a held worker (injection in progress, ~1 ms) is capacity about to return: do not start one for it
+    for (const w of pool.workers.values()) {
+      if (w.state === 'dead') continue;
+      live++;
+      if (w.state === 'starting') starting++;
+      if (w.held) held++;
+    }
+    const want = Math.min(pool.maxWorkers, Math.max(pool.minWorkers, live + Math.max(0, pool.queued - starting - held)));
+    const missing = want - live;
     if (missing <= 0) return;
     if (pool.crashStreak > 2) {
       const delay = Math.min(5000, 100 * 2 ** Math.min(6, pool.crashStreak - 2));
@@ -429,10 +337,10 @@ export class NodeAgent {
   private send(w: Worker, call: Call): void {
     w.state = 'busy';
     w.current = call;
-    const now = monotonicMicros();
+    const now = monotonicMicrosNumber();
     call.dispatchedUs = now;
-    ipc.setSendTimestamp(call.frame, now);
-    w.inSock!.write(call.frame);
+    setSendTimestampUs(call.frame, now);
+    writeNow(w.inSock!, call.frame);
   }
 
   /** A worker became free: give it the oldest queued call, or park it. */
@@ -458,15 +366,10 @@ export class NodeAgent {
     const id = m.fullCallId;
     const funcId = Number(id & 0xffn);
     const pool = this.pools.get(funcId);
-    const fail = (why: string) => {
-      this.log.warn({ call: String(id), funcId, why }, 'external call failed');
-      if (pool) pool.counters.failures++;
-      this.sendToGateway(conn, MessageType.FUNC_CALL_FAILED, id, 0);
-    };
-    if (!pool) return fail('unknown func_id');
+    if (!pool) return this.failExternal(id, funcId, conn, undefined, 'unknown func_id');
     pool.counters.calls++;
-    if (!pool.runnable) return fail('function has no library or command on this node');
-    if (this.external.has(id)) return fail('a call with the same id is still in flight (gateway restarted?)');
+    if (!pool.runnable) return this.failExternal(id, funcId, conn, pool, 'function has no library or command on this node');
+    if (this.external.has(id)) return this.failExternal(id, funcId, conn, pool, 'a call with the same id is still in flight (gateway restarted?)');
     const input = m.payload;
     let frame: Buffer;
     let ownsInputShm = false;
@@ -476,14 +379,20 @@ export class NodeAgent {
       try {
         this.writeShmReplacingStale(id, 'i', input);
       } catch (err) {
-        return fail(`cannot write input file: ${(err as Error).message}`);
+        return this.failExternal(id, funcId, conn, pool, `cannot write input file: ${(err as Error).message}`);
       }
       ownsInputShm = true;
       frame = encodeIpc({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: id, payloadSize: -input.length });
     }
-    const call: Call = { id, funcId, frame, source: { kind: 'gateway', conn }, inputSize: input.length, ownsInputShm, receivedUs: monotonicMicros() };
+    const call: Call = { id, funcId, frame, source: { kind: 'gateway', conn }, inputSize: input.length, ownsInputShm, receivedUs: monotonicMicrosNumber() };
     this.external.set(id, call);
     this.submit(call, pool);
+  }
+
+  private failExternal(id: bigint, funcId: number, conn: GatewayConn | undefined, pool: FunctionPool | undefined, why: string): void {
+    this.log.warn({ call: String(id), funcId, why }, 'external call failed');
+    if (pool) pool.counters.failures++;
+    this.sendToGateway(conn, MessageType.FUNC_CALL_FAILED, id, 0);
   }
 
   /** A leftover <id>.i from a lost call (ids restart when the gateway does) is stale: replace it. */
@@ -538,7 +447,7 @@ export class NodeAgent {
     const callerFunc = (origin !== undefined ? this.pools.get(origin)?.entry.funcName : undefined) ?? caller.pool.entry.funcName;
     const call: Call = {
       id, funcId: calleeId, frame, source: { kind: 'nested', caller, callerFunc }, inputSize: Math.abs(size),
-      ownsInputShm: false, receivedUs: monotonicMicros(),
+      ownsInputShm: false, receivedUs: monotonicMicrosNumber(),
     };
     if (!pool || !pool.runnable || caller.nested.has(id)) {
       // Nightcore drops such calls and the caller hangs; we fail them.
@@ -584,14 +493,14 @@ export class NodeAgent {
     }
     const caller = call.source.caller;
     caller.nested.delete(call.id);
-    const now = monotonicMicros();
+    const now = monotonicMicrosNumber();
     this.edges.record(call.source.callerFunc, pool?.entry.funcName ?? `#${call.funcId}`, {
       inputBytes: call.inputSize,
       outputBytes: Math.abs(size),
       dispatchDelayUs: failed ? 0 : ipc.dispatchDelay(f),
       processingUs: failed ? 0 : ipc.processingTime(f),
-      rpcUs: Number(now - call.receivedUs),
-      queueUs: call.dispatchedUs ? Number(call.dispatchedUs - call.receivedUs) : 0,
+      rpcUs: now - call.receivedUs,
+      queueUs: call.dispatchedUs ? call.dispatchedUs - call.receivedUs : 0,
       failed,
     });
     if (caller.state === 'dead' || !caller.inSock) {
@@ -600,8 +509,8 @@ export class NodeAgent {
       if (ipc.payloadSize(call.frame) < 0) this.ipc.removeShm(call.id, 'i');
       return;
     }
-    ipc.setSendTimestamp(f, now);
-    caller.inSock.write(f);
+    setSendTimestampUs(f, now);
+    writeNow(caller.inSock, f);
   }
 
   /**

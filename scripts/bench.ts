@@ -13,13 +13,19 @@
  * Part 3 (merge): Foo->Bar over HTTP not merged vs merged per isolation, the
  * socialnet example before/after its policy settles (bench-merge.ts).
  *
- * Env: BENCH_SECONDS (default 5 per run), BENCH_INJECTIONS (60), BENCH_ONLY=runtime|native|merge.
+ * Part 0 (compare, issue 12): today's stack (the baseline commit, built once into a
+ *   cache folder) beside this checkout's, row by row with wrk, CPU µs per
+ *   request per process and RSS (bench-compare.ts).
+ *
+ * Env: BENCH_SECONDS (default 5 per run), BENCH_REPS (3), BENCH_BASELINE, BENCH_INJECTIONS (60),
+ * BENCH_ONLY=compare|runtime|native|merge.
  */
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { CLI, DIST_SCRIPTS, freePort, load, spawnReady, stopAll, table } from './bench-lib.js';
 import { benchNative } from './bench-native.js';
 import { benchMerge } from './bench-merge.js';
+import { benchCompare } from './bench-compare.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 
@@ -71,6 +77,7 @@ async function main(): Promise<void> {
   const only = process.env.BENCH_ONLY;
   const parts: string[] = [];
   try {
+    if (!only || only === 'compare') parts.push(await benchCompare());
     if (!only || only === 'runtime') parts.push(await benchRuntime());
     if (!only || only === 'native') parts.push(await benchNative());
     if (!only || only === 'merge') parts.push(await benchMerge());

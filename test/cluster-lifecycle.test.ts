@@ -126,7 +126,7 @@ t.test('IPC roots: a dead launcher\'s leftovers are cleaned, anything else is re
 
 t.test('nightfuse up: its launcher SIGKILLed, the stack stops and the IPC root goes', async (t) => {
   const root = `/dev/shm/nightfuse-test-up-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const up = await startProcess(['up', '--http_port=0', '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--root_path_for_ipc=${root}`,
+  const up = await startProcess(['up', '--one_process=false', '--http_port=0', '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--root_path_for_ipc=${root}`,
     `--func_config_file=${FIXTURE_CONFIG}`, '--quiet'], /nightfuse up: http=\S+:(\d+)/, 60000, { NIGHTFUSE_CLUSTER_TOKEN: '' });
   t.teardown(() => stopProcess(up.child));
   const port = Number(up.match[1]);

@@ -11,7 +11,8 @@ t.jobs = 2;
 async function up() {
   const ipcRoot = uniqueIpcRoot('up');
   const s = await startProcess(
-    ['up', '--http_port=0', '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--root_path_for_ipc=${ipcRoot}`, '--quiet'],
+    // separate processes: what these tests check is up supervising them (the one-process default: test/one-process.test.ts)
+    ['up', '--one_process=false', '--http_port=0', '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--root_path_for_ipc=${ipcRoot}`, '--quiet'],
     /nightfuse up: (http=\S+ grpc=\S+ engine=\S+ control=\S+) functions=(\S+)\n/, 40000, { NIGHTFUSE_ADMIN_TOKEN: TOKEN },
   );
   const ports = readyPorts(s.match[1]);

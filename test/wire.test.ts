@@ -150,3 +150,25 @@ t.test('merge protocol: replies, stats and malformed frames', async (t) => {
   t.throws(() => new MpFrameReader().feed(bad), /out of range/, 'length below the header refused');
   t.throws(() => decodeReply(frame.subarray(0, 20)), /truncated/, 'truncated body refused');
 });
+
+t.test('hot-path forms: packCallIdFast, setSendTimestampUs and monotonicMicrosNumber agree with the BigInt ones', async (t) => {
+  const { packCallIdFast, setSendTimestampUs, monotonicMicrosNumber, monotonicMicros } = await import('../proto/wire.js');
+  let seed = 12345;
+  const next = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+  for (let i = 0; i < 2000; i++) {
+    const c = { funcId: next() & 0xff, methodId: next() & 0x3f, clientId: next() & 0x3fff, callId: next() };
+    if (packCallIdFast(c.funcId, c.methodId, c.clientId, c.callId) !== packCallId(c)) t.fail(`ids differ for ${JSON.stringify(c)}`);
+  }
+  t.equal(packCallIdFast(0xff, 0x3f, 0x3fff, 0xffffffff), packCallId({ funcId: 0xff, methodId: 0x3f, clientId: 0x3fff, callId: 0xffffffff }), 'all bits set');
+  for (const us of [0, 1, 0xffffffff, 2 ** 32, 2 ** 32 + 7, 1_700_000_000_123_456, 2 ** 53 - 1]) {
+    const a = Buffer.alloc(MESSAGE_SIZE);
+    const b = Buffer.alloc(MESSAGE_SIZE);
+    setSendTimestampUs(a, us);
+    ipc.setSendTimestamp(b, BigInt(us));
+    t.ok(a.equals(b), `send_timestamp ${us}`);
+  }
+  const x = monotonicMicrosNumber();
+  const y = Number(monotonicMicros());
+  const z = monotonicMicrosNumber();
+  t.ok(x <= y + 2 && y <= z + 2, `the same clock: ${x} ≤ ${y} ≤ ${z}`);
+});

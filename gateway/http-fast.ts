@@ -1,0 +1,401 @@
+/**
+ * The HTTP front end's fast path: the plain function call — keep-alive
+ * HTTP/1.1 `POST /function/<name>` (or GET where allowed) with a
+ * Content-Length body, origin-form target, no query — read, dispatched and
+ * answered straight on the socket, with no IncomingMessage, ServerResponse,
+ * stream or promise per request. node:http's per-request machinery was most
+ * of the gateway's CPU per call (BENCHMARKS.md).
+ *
+ * Anything else on a connection — another route, an unknown function, a
+ * query, Expect, Transfer-Encoding, Connection: close, HTTP/1.0, a request
+ * head not complete in what has arrived, a body over the limit — and the
+ * connection is handed to node:http (http-frontend.ts) for good, with the
+ * unread bytes put back, once every answer the fast path owes it is out. So
+ * every behaviour outside the plain call stays node's and http-frontend.ts's,
+ * and the plain call keeps their rules: Nightcore's header block byte for
+ * byte, answers in order, reading stops while MAX_PIPELINED answers are owed,
+ * header/body/idle deadlines (408 and close, like node's), the same metrics.
+ */
+import type net from 'node:net';
+import type { FuncConfig, FuncEntry } from '../common/func-config.js';
+import type { CallHandle, CallOutcome, Dispatcher } from './dispatcher.js';
+import { errorAnswer, type HttpLimits, MAX_PIPELINED, nightcoreDate, outcomeStatus } from './http-frontend.js';
+import type { GatewayMetrics } from './metrics.js';
+import { writeNow } from '../common/write-now.js';
+
+export interface FastPathOptions {
+  config: FuncConfig;
+  dispatcher: Dispatcher;
+  metrics: GatewayMetrics;
+  maxBodyBytes: number;
+  limits: HttpLimits;
+  /** false: take no call (draining); node:http's routes refuse them */
+  accepting?: () => boolean;
+  /** gives the socket to node:http (its bytes already put back) */
+  handOff(socket: net.Socket): void;
+}
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const STATUS_LINE: Record<number, string> = { 200: 'HTTP/1.1 200 OK', 500: 'HTTP/1.1 500 Internal Server Error', 504: 'HTTP/1.1 504 Gateway Timeout' };
+/** answers up to this size leave in one write (head and body copied together); larger ones in one writev */
+const COPY_LIMIT = 16 * 1024;
+const EMPTY = Buffer.alloc(0);
+const REQUEST_TIMEOUT = { code: 'ERR_HTTP_REQUEST_TIMEOUT' } as NodeJS.ErrnoException;
+
+/** A parsed plain request head. */
+interface Head {
+  entry: FuncEntry;
+  headLen: number;
+  bodyLen: number;
+}
+
+/**
+ * Parses a plain request head at `off`; undefined when it is not one (or not
+ * complete yet): the caller then hands the connection to node:http.
+ */
+function parseHead(o: FastPathOptions, buf: Buffer, off: number): Head | undefined {
+  if (o.accepting && !o.accepting()) return undefined;
+  const end = buf.indexOf('\r\n\r\n', off, 'latin1');
+  if (end < 0 || end - off > o.limits.maxHeaderBytes) return undefined;
+  const head = buf.toString('latin1', off, end);
+  const lineEnd = head.indexOf('\r\n');
+  const line = lineEnd < 0 ? head : head.slice(0, lineEnd);
+  let method: 'GET' | 'POST';
+  if (line.startsWith('POST /function/')) method = 'POST';
+  else if (line.startsWith('GET /function/')) method = 'GET';
+  else return undefined;
+  if (!line.endsWith(' HTTP/1.1')) return undefined;
+  const name = line.slice(method.length + 11, line.length - 9);
+  // no query, fragment, spaces or anything node would read differently
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c <= 0x20 || c >= 0x7f || c === 0x3f || c === 0x23) return undefined;
+  }
+  const entry = o.config.byName.get(name);
+  if (!entry || entry.qsAsInput || (method === 'GET' && !entry.allowHttpGet)) return undefined;
+  let bodyLen = -1;
+  let at = lineEnd < 0 ? head.length : lineEnd + 2;
+  while (at < head.length) {
+    let nl = head.indexOf('\r\n', at);
+    if (nl < 0) nl = head.length;
+    const colon = head.indexOf(':', at);
+    if (colon < 0 || colon > nl) return undefined;
+    const key = head.slice(at, colon);
+    if (!TOKEN.test(key)) return undefined;
+    const value = head.slice(colon + 1, nl).trim();
+    for (let i = 0; i < value.length; i++) {
+      const c = value.charCodeAt(i);
+      if ((c < 0x20 && c !== 0x09) || c === 0x7f) return undefined;
+    }
+    const k = key.length;
+    if (k === 14 && key.toLowerCase() === 'content-length') {
+      if (bodyLen >= 0 || !/^\d{1,15}$/.test(value)) return undefined;
+      bodyLen = Number(value);
+    } else if ((k === 17 && key.toLowerCase() === 'transfer-encoding') || (k === 6 && key.toLowerCase() === 'expect') ||
+      (k === 7 && key.toLowerCase() === 'upgrade')) {
+      return undefined;
+    } else if (k === 10 && key.toLowerCase() === 'connection') {
+      if (value.toLowerCase() !== 'keep-alive') return undefined;
+    }
+    at = nl + 2;
+  }
+  if (bodyLen < 0) bodyLen = 0;
+  if (o.maxBodyBytes > 0 && bodyLen > o.maxBodyBytes) return undefined;
+  return { entry, headLen: end + 4 - off, bodyLen };
+}
+
+/** One answer owed on a connection, in request order. */
+class Owed {
+  out: Buffer | undefined;
+  status = 0;
+  call: CallHandle | undefined;
+  constructor(readonly conn: FastConn, readonly name: string, readonly started: bigint) {}
+  /** the dispatcher's callback: bound once per answer, no closure per call beyond it */
+  readonly done = (o: CallOutcome): void => {
+    const status = outcomeStatus(o);
+    this.conn.fp.o.metrics.request(this.name, status, Number(process.hrtime.bigint() - this.started) / 1e9);
+    this.status = status;
+    this.out = o.kind === 'ok' ? o.output : EMPTY;
+    this.conn.flush();
+  };
+}
+
+class FastConn {
+  buf: Buffer = EMPTY;
+  /** bytes of the request in `buf` still to come, and the chunks of it that came since */
+  missing = 0;
+  chunks: Buffer[] = [];
+  readonly owed: Owed[] = [];
+  /** ms timestamps for the deadlines the sweep checks */
+  requestStart = 0;
+  lastActive: number;
+  writtenAt = 0;
+  lastBytesWritten = 0;
+  /** handing over to node:http once nothing is owed */
+  leaving = false;
+  /** the peer has ended its side */
+  ended = false;
+  parsing = false;
+  gone = false;
+  constructor(readonly fp: FastPath, readonly socket: net.Socket, now: number) {
+    this.lastActive = now;
+    this.requestStart = now; // a new connection's first request is timed from its accept, as node does
+  }
+
+  onData(chunk: Buffer): void {
+    const now = Date.now();
+    this.lastActive = now;
+    if (this.buf.length === 0) this.requestStart = now;
+    if (this.missing > 0) {
+      // a body still coming: gather its chunks, join them once it is whole (one copy, not one per read)
+      this.chunks.push(chunk);
+      this.missing -= chunk.length;
+      if (this.missing > 0) return;
+      this.chunks.unshift(this.buf);
+      this.buf = Buffer.concat(this.chunks);
+      this.chunks = [];
+      this.missing = 0;
+    } else {
+      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    }
+    this.parse();
+  }
+
+  /** Takes every complete plain request in the buffer; stops at the first other thing. */
+  parse(): void {
+    if (this.parsing || this.missing > 0) return; // an answer given synchronously (no node) flushes inside the loop below
+    this.parsing = true;
+    try {
+      this.parseLoop();
+    } finally {
+      this.parsing = false;
+    }
+    if (this.leaving && this.owed.length === 0) this.handOff();
+    else if (this.leaving) this.socket.pause();
+    else if (this.ended && this.owed.length === 0) this.finishEnded();
+  }
+
+  private parseLoop(): void {
+    const o = this.fp.o;
+    let off = 0;
+    while (off < this.buf.length && !this.leaving && !this.ended) {
+      if (this.owed.length >= MAX_PIPELINED) {
+        this.socket.pause();
+        break;
+      }
+      const h = parseHead(o, this.buf, off);
+      if (!h) {
+        this.leaving = true;
+        break;
+      }
+      if (this.buf.length - off < h.headLen + h.bodyLen) {
+        this.missing = h.headLen + h.bodyLen - (this.buf.length - off); // body still coming: the deadline sweep watches it
+        break;
+      }
+      const bodyAt = off + h.headLen;
+      // the body is copied out of the read buffer only when that buffer holds more than it
+      const input = h.bodyLen === 0 ? EMPTY : (this.buf.length === h.bodyLen + h.headLen ? this.buf.subarray(bodyAt) : Buffer.from(this.buf.subarray(bodyAt, bodyAt + h.bodyLen)));
+      off = bodyAt + h.bodyLen;
+      this.fp.stats.requests++;
+      const a = new Owed(this, h.entry.funcName, process.hrtime.bigint());
+      this.owed.push(a);
+      a.call = o.dispatcher.begin(h.entry.funcId, 0, input, a.done);
+    }
+    this.buf = off >= this.buf.length ? EMPTY : this.buf.subarray(off);
+    if (off > 0 && this.buf.length > 0) this.requestStart = Date.now(); // the next request began in the same read
+  }
+
+  /** Writes the answers that are ready, in order. */
+  flush(): void {
+    if (this.gone) return;
+    const s = this.socket;
+    const wasFull = this.owed.length >= MAX_PIPELINED;
+    let n = 0;
+    while (n < this.owed.length && this.owed[n].out) n++;
+    if (n === 0) return;
+    if (n > 1) s.cork();
+    for (let i = 0; i < n; i++) {
+      const a = this.owed[i];
+      const body = a.out!;
+      const head = `${STATUS_LINE[a.status]}\r\nDate: ${nightcoreDate()}\r\nServer: FaaS/0.1\r\nConnection: Keep-Alive\r\n` +
+        `Content-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n`;
+      if (body.length <= COPY_LIMIT) {
+        const b = Buffer.allocUnsafe(head.length + body.length);
+        b.write(head, 0, 'latin1');
+        body.copy(b, head.length);
+        if (n === 1) writeNow(s, b);
+        else s.write(b);
+      } else {
+        s.cork();
+        s.write(head, 'latin1');
+        s.write(body);
+        s.uncork();
+      }
+    }
+    if (n > 1) s.uncork();
+    this.owed.splice(0, n);
+    const now = Date.now();
+    this.lastActive = now;
+    this.writtenAt = now;
+    if (this.owed.length > 0 || this.parsing) return;
+    if (this.ended) this.finishEnded();
+    else if (this.leaving) this.handOff();
+    else if (wasFull || this.buf.length > 0) {
+      s.resume();
+      this.parse();
+    }
+  }
+
+  handOff(): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.fp.conns.delete(this);
+    this.fp.stats.handedOff++;
+    const s = this.socket;
+    s.pause();
+    s.removeListener('data', this.fp.onDataOf);
+    s.removeListener('end', this.fp.onEndOf);
+    s.removeListener('close', this.fp.onCloseOf);
+    s.removeListener('error', this.fp.onErrorOf);
+    (s as FastSocket)[kFast] = undefined;
+    if (this.chunks.length > 0) this.buf = Buffer.concat([this.buf, ...this.chunks]);
+    if (this.buf.length > 0) s.unshift(this.buf);
+    this.buf = EMPTY;
+    // node:http reads through the JS stream then (not straight from the handle), so the bytes put back come first
+    const handle = (s as unknown as { _handle?: { _consumed?: boolean } })._handle;
+    if (handle) handle._consumed = true;
+    this.fp.o.handOff(s);
+    s.resume();
+  }
+
+  finishEnded(): void {
+    this.close();
+    this.socket.end();
+  }
+
+  /** The peer ended its side or the socket closed: calls still owed are no longer wanted. */
+  close(): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.fp.conns.delete(this);
+    for (const a of this.owed) a.call?.discard();
+    this.owed.length = 0;
+  }
+}
+
+const kFast = Symbol('nightfuse.fastConn');
+const byServer = new WeakMap<object, FastPath>();
+
+/** The fast path serving an HTTP front end's server. */
+export function fastPathOf(server: object): FastPath | undefined {
+  return byServer.get(server);
+}
+
+export function attachFastPath(server: object, fp: FastPath): void {
+  byServer.set(server, fp);
+}
+type FastSocket = net.Socket & { [kFast]?: FastConn };
+
+export class FastPath {
+  readonly conns = new Set<FastConn>();
+  /** requests answered here, and connections given to node:http (tests and diagnostics) */
+  readonly stats = { requests: 0, handedOff: 0 };
+  private sweepTimer: NodeJS.Timeout | undefined;
+
+  constructor(readonly o: FastPathOptions) {}
+
+  // One listener of each kind for every socket: no closures per connection.
+  readonly onDataOf = function (this: FastSocket, chunk: Buffer): void {
+    this[kFast]?.onData(chunk);
+  };
+  readonly onEndOf = function (this: FastSocket): void {
+    const c = this[kFast];
+    if (!c) return;
+    // half-closed with answers owed: they still go out, then our side ends (node does the same)
+    c.ended = true;
+    c.leaving = false;
+    if (c.owed.length === 0) c.finishEnded();
+  };
+  readonly onCloseOf = function (this: FastSocket): void {
+    this[kFast]?.close();
+  };
+  readonly onErrorOf = function (this: FastSocket): void {
+    this[kFast]?.close();
+    this.destroy();
+  };
+
+  accept(socket: net.Socket): void {
+    const c = new FastConn(this, socket, Date.now());
+    (socket as FastSocket)[kFast] = c;
+    this.conns.add(c);
+    socket.setNoDelay(true);
+    socket.on('data', this.onDataOf);
+    socket.on('end', this.onEndOf);
+    socket.on('close', this.onCloseOf);
+    socket.on('error', this.onErrorOf);
+    if (!this.sweepTimer) {
+      const l = this.o.limits;
+      const shortest = Math.min(...[l.headerTimeoutMs, l.bodyTimeoutMs, l.idleTimeoutMs].filter((t) => t > 0), 4000);
+      this.sweepTimer = setInterval(() => this.sweep(), Math.max(10, Math.floor(shortest / 4)));
+      this.sweepTimer.unref();
+    }
+  }
+
+  /** Deadlines of every fast connection, checked together (node's own scheme: nothing per request). */
+  private sweep(): void {
+    const now = Date.now();
+    const l = this.o.limits;
+    for (const c of this.conns) {
+      const s = c.socket;
+      if (c.owed.length > 0) {
+        // waiting for functions is bounded by --call_timeout_ms; a peer not reading our answers is not
+        if (l.idleTimeoutMs > 0 && s.writableLength > 0) {
+          if (s.bytesWritten !== c.lastBytesWritten) {
+            c.lastBytesWritten = s.bytesWritten;
+            c.writtenAt = now;
+          } else if (now - c.writtenAt > l.idleTimeoutMs) {
+            c.close();
+            s.destroy();
+          }
+        }
+        continue;
+      }
+      const receiving = c.buf.length > 0 || c.lastActive === c.requestStart && c.writtenAt === 0;
+      if (receiving) {
+        const deadline = c.buf.length > 0 && l.bodyTimeoutMs > 0 ? l.headerTimeoutMs + l.bodyTimeoutMs : l.headerTimeoutMs;
+        if (now - c.requestStart > deadline) this.timeOut(c);
+      } else if (l.idleTimeoutMs > 0 && now - c.lastActive > l.idleTimeoutMs + 1000) {
+        c.close();
+        s.destroy();
+      }
+    }
+  }
+
+  private timeOut(c: FastConn): void {
+    c.close();
+    const s = c.socket;
+    if (!s.writable) return void s.destroy();
+    s.write(errorAnswer(this.o.limits, REQUEST_TIMEOUT));
+    s.destroySoon();
+    setTimeout(() => s.destroy(), 1000).unref();
+  }
+
+  /** server.close(): connections that owe nothing go now (node's closeIdleConnections). */
+  closeIdle(): void {
+    for (const c of [...this.conns]) {
+      if (c.owed.length > 0) continue;
+      c.close();
+      c.socket.destroy();
+    }
+  }
+
+  /** Server shutdown: every connection the fast path still holds goes. */
+  closeAll(): void {
+    clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    for (const c of [...this.conns]) {
+      c.close();
+      c.socket.destroy();
+    }
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * A node agent's workers and functions: one worker process (its state, its
+ * sockets, the call it runs and the nested calls it made) and one function's
+ * pool (workers, idle stack, FIFO of queued calls, counters, Nightcore's
+ * min/max worker rules). The node agent (node-agent.ts) drives them.
+ */
+import type net from 'node:net';
+import type { FuncEntry } from '../common/func-config.js';
+import type { GatewayConn } from './gateway-link.js';
+import type { SpawnedProcess } from './spawn.js';
+
+/** Where a call came from, and so where its result goes. */
+export type CallSource =
+  | { kind: 'gateway'; conn: GatewayConn | undefined }
+  | { kind: 'nested'; caller: Worker; callerFunc: string };
+
+export interface Call {
+  id: bigint;
+  funcId: number;
+  /** the DISPATCH_FUNC_CALL frame to write to a worker */
+  frame: Buffer;
+  source: CallSource;
+  inputSize: number;
+  /** the launcher wrote <id>.i and removes it */
+  ownsInputShm: boolean;
+  /** CLOCK_MONOTONIC µs (monotonicMicrosNumber) */
+  receivedUs: number;
+  dispatchedUs?: number;
+  done?: boolean;
+}
+
+export type WorkerState = 'starting' | 'idle' | 'busy' | 'dead';
+
+export class Worker {
+  state: WorkerState = 'starting';
+  current: Call | undefined;
+  /** nested calls this worker made that are still in flight */
+  readonly nested = new Map<bigint, Call>();
+  inSock: net.Socket | undefined;
+  outSock: net.Socket | undefined;
+  hsSock: net.Socket | undefined;
+  handshakeTimer: NodeJS.Timeout | undefined;
+  /** held out of dispatch (injection in progress); `heldWaiter` resolves once it is idle */
+  held = false;
+  heldWaiter: (() => void) | undefined;
+  readonly startedAt = Date.now();
+  constructor(
+    readonly clientId: number,
+    readonly fprocessId: number,
+    readonly pool: FunctionPool,
+    readonly proc: SpawnedProcess,
+  ) {}
+  get pid(): number {
+    return this.proc.pid;
+  }
+  /** handshaken and alive: it can take calls (or is taking one) */
+  get ready(): boolean {
+    return this.state === 'idle' || this.state === 'busy';
+  }
+}
+
+export interface FunctionCounters {
+  calls: number;
+  failures: number;
+  restarts: number;
+  spawned: number;
+  /** sum of the workers' reported processing time of completed calls (µs) */
+  processingUs: number;
+}
+
+export class FunctionPool {
+  readonly workers = new Map<number, Worker>();
+  readonly idle: Worker[] = [];
+  readonly pending: Call[] = [];
+  private pendingHead = 0;
+  readonly counters: FunctionCounters = { calls: 0, failures: 0, restarts: 0, spawned: 0, processingUs: 0 };
+  nextFprocessId = 0;
+  crashStreak = 0;
+  respawnTimer: NodeJS.Timeout | undefined;
+  constructor(readonly entry: FuncEntry) {}
+
+  get minWorkers(): number {
+    // Nightcore: key absent -> 4 workers at start; <= 0 -> none.
+    const m = this.entry.minWorkers;
+    return m === undefined ? 4 : Math.max(0, m);
+  }
+  get maxWorkers(): number {
+    const m = this.entry.maxWorkers;
+    return m === undefined || m <= 0 ? Infinity : m;
+  }
+  get live(): number {
+    let n = 0;
+    for (const w of this.workers.values()) if (w.state !== 'dead') n++;
+    return n;
+  }
+  get starting(): number {
+    let n = 0;
+    for (const w of this.workers.values()) if (w.state === 'starting') n++;
+    return n;
+  }
+  get queued(): number {
+    return this.pending.length - this.pendingHead;
+  }
+  enqueue(c: Call): void {
+    this.pending.push(c);
+  }
+  dequeue(): Call | undefined {
+    while (this.pendingHead < this.pending.length) {
+      const c = this.pending[this.pendingHead++];
+      if (this.pendingHead > 1024 && this.pendingHead * 2 > this.pending.length) {
+        this.pending.splice(0, this.pendingHead);
+        this.pendingHead = 0;
+      }
+      if (!c.done) return c;
+    }
+    return undefined;
+  }
+  popIdle(): Worker | undefined {
+    for (;;) {
+      const w = this.idle.pop();
+      if (!w) return undefined;
+      if (w.state === 'idle' && !w.held) return w; // a held worker is pushed back when released
+    }
+  }
+  get runnable(): boolean {
+    return Boolean(this.entry.library || this.entry.command);
+  }
+}
+
