@@ -258,7 +258,7 @@ t.test('completion: bash completes commands, subcommands, flags, choices and Nig
   t.same(complete('nightfuse merge --isolation '), ['inline', 'stack', 'thread']);
   t.same(complete('nightfuse completion '), ['bash', 'zsh']);
   t.ok(complete('nightfuse load Foo --c').includes('--connections'));
-  t.same(complete('nightfuse gateway --http'), ['--http_port=']);
+  t.same(complete('nightfuse gateway --http_p'), ['--http_port=']);
   t.ok(complete('nightfuse up --merge').includes('--merge_policy_file='));
   t.same(complete('nightfuse events --fo'), ['--follow']);
   t.ok(complete('nightfuse ').includes('load'));

@@ -1,12 +1,13 @@
-// Function code must not inherit the launcher's CAP_SYS_PTRACE. Some
-// container runtimes (podman, for non-root users) grant an added capability
-// as ambient, which exec hands to every child. The launcher clears its
-// ambient set at start: it keeps the capability, its workers get none.
+// What function code inherits from its launcher: not its CAP_SYS_PTRACE (some
+// container runtimes — podman, for non-root users — grant an added capability
+// as ambient, which exec hands to every child: the launcher clears its ambient
+// set at start), and not Nightfuse's own environment (the cluster token would
+// let a function pose as a node).
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { CLI, FIXTURE_CONFIG, stopProcess, waitFor } from './helpers.js';
-import { startGatewayProcess } from './adversary.js';
+import { startGatewayProcess, TOKEN } from './adversary.js';
 
 const caps = (pid: number) => {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -45,4 +46,27 @@ t.test('a non-root launcher with an ambient CAP_SYS_PTRACE keeps it; its workers
   const workers = childrenOf(launcherPid);
   t.ok(workers.length >= 4, `workers running (${workers.length})`);
   for (const w of workers) t.equal(caps(w).eff, 0n, `worker ${w} has no capabilities`);
+});
+
+t.test('workers get no NIGHTFUSE_* variable: no cluster token, no admin token, no flags', async (t) => {
+  const env = { NIGHTFUSE_CLUSTER_TOKEN: TOKEN, NIGHTFUSE_ADMIN_TOKEN: 'admin-secret-admin-secret', NIGHTFUSE_MERGE_TICK_MS: '500' };
+  const gw = await startGatewayProcess([], env);
+  t.teardown(() => gw.stop());
+  const root = `/dev/shm/nightfuse-test-env-${process.pid}`;
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const ln = spawn(process.execPath, [CLI, 'launcher', '--gateway_addr=127.0.0.1', `--gateway_port=${gw.engine}`, '--control_port=0', '--node_id=4',
+    `--root_path_for_ipc=${root}`, `--func_config_file=${FIXTURE_CONFIG}`], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, ...env } });
+  t.teardown(() => stopProcess(ln));
+  let out = '';
+  ln.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  await waitFor(() => /launcher ready/.test(out), 30000, 'launcher ready');
+  const launcherEnv = readFileSync(`/proc/${ln.pid}/environ`, 'latin1');
+  t.match(launcherEnv, /NIGHTFUSE_CLUSTER_TOKEN=/, 'the launcher has the token');
+  const workers = childrenOf(ln.pid!);
+  t.ok(workers.length >= 4, `workers running (${workers.length})`);
+  for (const w of workers) {
+    const names = readFileSync(`/proc/${w}/environ`, 'latin1').split('\0').map((kv) => kv.split('=')[0]);
+    t.same(names.filter((n) => n.startsWith('NIGHTFUSE_')), [], `worker ${w}: none`);
+    t.ok(names.includes('FAAS_ROOT_PATH_FOR_IPC'), `worker ${w} still has Nightcore's variables`);
+  }
 });
