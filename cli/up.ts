@@ -7,12 +7,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
-import { parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
+import { parseFlags, type FlagSpecs, flagHelp, secretFlag } from '../common/flags.js';
 import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
-import { resolveClusterToken } from '../common/cluster-auth.js';
+import { checkClusterToken } from '../common/cluster-auth.js';
 import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
@@ -22,7 +22,7 @@ const UP_FLAGS = {
   func_config_file: { type: 'string', default: EXAMPLE_CONFIG, help: 'func_config.json (default: the bundled examples)' },
   control_port: { type: 'int', default: 10008, help: 'control plane port (-1: off)', min: -1, max: 65535 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
-  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN, else a random one, printed)' },
+  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN or --admin_token_file, else a random one, printed)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
@@ -70,16 +70,19 @@ async function waitForNode(host: string, port: number, timeoutMs: number): Promi
 
 export async function runUp(argv: string[]): Promise<void> {
   if (argv.includes('--help')) {
-    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS)}\n`);
+    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS, { env: true })}\n`);
     return;
   }
-  const { values: f, given } = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS] });
+  // The children read the same NIGHTFUSE_* variables themselves; what is parsed here decides only what up passes on argv.
+  const parsed = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS], env: process.env });
+  const { values: f, given } = parsed;
   // Validate the config here so a mistake is reported once, clearly.
   const config = loadFuncConfig(f.func_config_file);
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
-  if (!f.admin_token) f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN || randomBytes(12).toString('hex');
+  f.admin_token = secretFlag(parsed, 'admin_token') || randomBytes(12).toString('hex');
+  given.delete('admin_token_file'); // read here: the gateway gets the token itself
   // Our own processes authenticate each other: a token of our own unless the operator gave one.
-  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file) || randomBytes(24).toString('hex');
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token')) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
@@ -95,14 +98,16 @@ export async function runUp(argv: string[]): Promise<void> {
   };
   const children: ChildProcess[] = [];
   let stopping = false;
-  const stopAll = async (code: number) => {
+  // SIGTERM is passed on and drains (each child waits up to --drain_timeout_ms for its calls); SIGINT stops at once.
+  const stopAll = async (code: number, signal: 'SIGTERM' | 'SIGINT' = 'SIGINT') => {
     if (stopping) return;
     stopping = true;
+    const graceMs = (signal === 'SIGTERM' ? f.drain_timeout_ms : 0) + 5000;
     await Promise.all(children.map((c) => new Promise<void>((r) => {
       if (c.exitCode !== null || c.signalCode !== null) return r();
       c.once('exit', () => r());
-      c.kill('SIGTERM');
-      setTimeout(() => c.kill('SIGKILL'), 5000).unref();
+      c.kill(signal);
+      setTimeout(() => c.kill('SIGKILL'), graceMs).unref();
     })));
     // Whatever way the launcher ended, its IPC root goes (only if it is one: removeIpcRoot checks).
     try {
@@ -112,11 +117,11 @@ export async function runUp(argv: string[]): Promise<void> {
     }
     process.exit(code);
   };
-  process.on('SIGINT', () => void stopAll(0));
-  process.on('SIGTERM', () => void stopAll(0));
+  process.on('SIGINT', () => void stopAll(0, 'SIGINT'));
+  process.on('SIGTERM', () => void stopAll(0, 'SIGTERM'));
 
   const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken } });
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '' } });
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {

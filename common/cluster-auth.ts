@@ -10,7 +10,6 @@
  * be replayed as the other side's, nor from one link on the other.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 
 /** Tokens shorter than this are refused: a guessable secret protects nothing. */
@@ -24,21 +23,11 @@ export class ClusterAuthError extends Error {
 }
 
 /**
- * The cluster token from --cluster_token, --cluster_token_file or
- * NIGHTFUSE_CLUSTER_TOKEN (in that order); '' when none is configured.
+ * Checks a cluster token (from --cluster_token, --cluster_token_file or
+ * NIGHTFUSE_CLUSTER_TOKEN, resolved by common/flags.ts secretFlag); '' means
+ * none is configured.
  */
-export function resolveClusterToken(flag: string, file: string, env = process.env.NIGHTFUSE_CLUSTER_TOKEN ?? ''): string {
-  if (flag && file) throw new ClusterAuthError('give --cluster_token or --cluster_token_file, not both');
-  let token = flag;
-  if (!token && file) {
-    try {
-      token = readFileSync(file, 'utf8').trim();
-    } catch (err) {
-      throw new ClusterAuthError(`cannot read --cluster_token_file ${file}: ${(err as Error).message}`);
-    }
-    if (!token) throw new ClusterAuthError(`--cluster_token_file ${file} is empty`);
-  }
-  if (!token) token = env.trim();
+export function checkClusterToken(token: string): string {
   if (token && Buffer.byteLength(token) < MIN_TOKEN_BYTES) {
     throw new ClusterAuthError(`the cluster token must be at least ${MIN_TOKEN_BYTES} bytes long (got ${Buffer.byteLength(token)})`);
   }

@@ -27,7 +27,7 @@ import { type AddressAllowList, nonce, proof, proofMatches } from '../common/clu
 import type { Logger } from '../common/log.js';
 import { tuneLiveness } from '../common/tcp-liveness.js';
 import {
-  decodeAuthFrame, encodeAuthFrame, encodeGatewayHeader, GatewayFrameReader, type GatewayMessage, MAX_UNAUTHENTICATED_PAYLOAD,
+  decodeAuthFrame, encodeAuthFrame, encodeGatewayHeader, ENGINE_TO_GATEWAY, GatewayFrameReader, type GatewayMessage, MAX_UNAUTHENTICATED_PAYLOAD,
   MessageType, WireError, writeGatewayMessage,
 } from '../proto/wire.js';
 
@@ -127,7 +127,7 @@ export class EngineServer {
     socket.setNoDelay(true);
     tuneLiveness(socket);
     this.sockets.add(socket);
-    const reader = new GatewayFrameReader(MAX_UNAUTHENTICATED_PAYLOAD);
+    const reader = new GatewayFrameReader(MAX_UNAUTHENTICATED_PAYLOAD, ENGINE_TO_GATEWAY);
     let conn: EngineConn | undefined;
     let challenge: { nodeId: number; connId: number; instance: Buffer; nonce: Buffer; ourNonce: Buffer } | undefined;
     const deadline = setTimeout(() => {

@@ -1,7 +1,7 @@
 /** `nightfuse gateway`: Nightcore's gateway flags and front ends, plus Nightfuse's control plane and metrics. */
 import type http from 'node:http';
 import { loadFuncConfig } from '../common/func-config.js';
-import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, secretFlag, type FlagSpecs } from '../common/flags.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { ControlServer } from './control-server.js';
 import { Dispatcher } from './dispatcher.js';
@@ -11,7 +11,10 @@ import { createHttpFrontend, HTTP_LIMITS, type HttpLimits } from './http-fronten
 import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
-import { AddressAllowList, isLoopbackAddress, resolveClusterToken } from '../common/cluster-auth.js';
+import { GatewayDrain } from './drain.js';
+import { listenOn } from '../common/lifecycle.js';
+import { ConsoleServer } from './console-server.js';
+import { AddressAllowList, isLoopbackAddress, checkClusterToken } from '../common/cluster-auth.js';
 import { DesiredState } from './desired-state.js';
 import { clusterFamilies } from './cluster-metrics.js';
 
@@ -37,6 +40,8 @@ export const GATEWAY_FLAGS = {
   max_connections: { type: 'int', default: HTTP_LIMITS.maxConnections, help: 'open connections per front end (HTTP, gRPC); more are closed at accept; 0: no cap', min: 0 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (JSON or YAML) pushed to every launcher; reloaded on SIGHUP and on change' },
   admin_token: { type: 'string', default: '', help: 'token for the admin API under /admin/v1 (or NIGHTFUSE_ADMIN_TOKEN); without one the API is refused' },
+  admin_token_file: { type: 'string', default: '', help: 'read the admin token from this file (a mounted Secret, a systemd credential)' },
+  drain_timeout_ms: { type: 'int', default: 25000, help: 'on SIGTERM: no new calls, wait this long for the calls in flight, then exit', min: 0 },
   cluster_token: { type: 'string', default: '', help: 'secret shared with every launcher (or NIGHTFUSE_CLUSTER_TOKEN); engine link and control plane admit only peers that prove it' },
   cluster_token_file: { type: 'string', default: '', help: 'read the cluster token from this file' },
   insecure_cluster: { type: 'bool', default: false, help: 'without a cluster token, still listen for engines beyond loopback (any peer can then act as a node)' },
@@ -84,17 +89,8 @@ export interface RunningGateway {
   http: http.Server;
   policy: PolicyStore;
   admin: AdminApi;
+  drain: GatewayDrain;
   stop(): Promise<void>;
-}
-
-function listen(server: http.Server | import('node:http2').Http2Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port, backlog: 64 }, () => {
-      const a = server.address();
-      resolve(typeof a === 'object' && a ? a.port : port);
-    });
-  });
 }
 
 export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
@@ -125,12 +121,15 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     queued: () => dispatcher.queuedCount,
     nodes: () => engines.nodes.size,
   });
-  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
+  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean) | undefined;
+  let drain!: GatewayDrain;
   const httpServer = createHttpFrontend({
     config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody, limits: o.httpLimits,
-    extraRoutes: (req, res, path) => extra?.(req, res, path) ?? false,
+    extraRoutes: (req, res, path, query) => drain.refuse(req, res, path) || (extra?.(req, res, path, query) ?? false),
+    ready: () => drain.readiness(),
   });
   const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody, limits: o.grpcLimits });
+  drain = new GatewayDrain(engines, dispatcher, { http: httpServer, grpc: grpcServer }, o.log);
   let control: ControlServer | undefined;
   let controlPort = -1;
   const pushPolicy = () => control?.broadcast({ policy: { policy_json: policy.policy.text } });
@@ -154,20 +153,22 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     // Silent on the control plane: the engine link to it is as dead; fail its calls now, not at the timeout.
     control.onSilent = (n) => engines.dropNode(n.hello.node_id, 'silent on the control plane', n.instance || undefined);
   }
-  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log, desired });
+  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, engines, policy, log: o.log, desired });
+  const consoleUi = new ConsoleServer();
   metrics.cluster = {
     nodeStats: () => control?.nodeStats() ?? new Map(),
     extra: () => [...admin.metricFamilies(), ...clusterFamilies(engines, control, dispatcher)],
   };
-  extra = admin.handle;
+  extra = (req, res, path, query) => admin.handle(req, res, path, query) || consoleUi.handle(req, res, path);
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
-  const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
-  const grpcPort = await listen(grpcServer, o.listenAddr, o.grpcPort);
+  const httpPort = await listenOn(httpServer, o.listenAddr, o.httpPort);
+  const grpcPort = await listenOn(grpcServer, o.listenAddr, o.grpcPort);
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
-    engines, dispatcher, control, metrics, http: httpServer, policy, admin,
+    engines, dispatcher, control, metrics, http: httpServer, policy, admin, drain,
     async stop() {
       policy.close();
+      admin.close();
       dispatcher.failAll();
       httpServer.closeAllConnections?.();
       await Promise.all([
@@ -182,14 +183,16 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
 
 export async function runGateway(argv: string[]): Promise<RunningGateway | undefined> {
   if (argv.includes('--help')) {
-    process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS)}\n`);
+    process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS, { env: true })}\n`);
     return undefined;
   }
-  const { values: f } = parseFlags(GATEWAY_FLAGS, argv, { ignored: IGNORED_GATEWAY_FLAGS });
+  const parsed = parseFlags(GATEWAY_FLAGS, argv, { ignored: IGNORED_GATEWAY_FLAGS, env: process.env });
+  const f = parsed.values;
   if (f.v > 0) process.env.NIGHTFUSE_LOG_LEVEL ??= 'debug';
   const log = createLogger('gateway');
+  if (parsed.fromEnv.size > 0) log.info({ flags: [...parsed.fromEnv] }, 'flags from the environment (NIGHTFUSE_*)');
   if (!f.func_config_file) throw new Error('--func_config_file is required');
-  const clusterToken = resolveClusterToken(f.cluster_token, f.cluster_token_file);
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token'));
   if (!clusterToken) {
     if (!isLoopbackAddress(f.listen_addr) && !f.insecure_cluster) {
       throw new Error(`refusing to listen for engines on ${f.listen_addr} without a cluster token: any peer could register as a node, ` +
@@ -204,7 +207,7 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
     config, listenAddr: f.listen_addr, httpPort: f.http_port, grpcPort: f.grpc_port, engineConnPort: f.engine_conn_port,
     controlPort: f.control_port, maxRunningRequests: f.max_running_requests, lbPerFnRoundRobin: f.lb_per_fn_round_robin,
     lbPickLeastLoad: f.lb_pick_least_load, maxBodyBytes: f.max_body_bytes, callTimeoutMs: f.call_timeout_ms, log,
-    mergePolicyFile: f.merge_policy_file || undefined, adminToken: f.admin_token || process.env.NIGHTFUSE_ADMIN_TOKEN || '',
+    mergePolicyFile: f.merge_policy_file || undefined, adminToken: secretFlag(parsed, 'admin_token'),
     httpLimits: { headerTimeoutMs: f.http_header_timeout_ms, bodyTimeoutMs: f.http_body_timeout_ms, idleTimeoutMs: f.http_idle_timeout_ms, maxConnections: f.max_connections },
     grpcLimits: { settingsTimeoutMs: f.grpc_settings_timeout_ms, idleTimeoutMs: f.grpc_idle_timeout_ms, streamTimeoutMs: f.grpc_stream_timeout_ms, maxConnections: f.max_connections },
     clusterToken, plainEngineAllow: f.plain_engine_allow, clusterAuthTimeoutMs: f.cluster_auth_timeout_ms,
@@ -218,12 +221,21 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
   process.stdout.write(
     `gateway ready http=${a}:${gw.ports.http} grpc=${a}:${gw.ports.grpc} engine=${a}:${gw.ports.engine} control=${a}:${gw.ports.control}\n`,
   );
+  // SIGTERM drains (orchestrators send it, then wait); SIGINT, or a second signal, stops at once.
+  let stopping = false;
   const stop = async (sig: string) => {
+    if (stopping) {
+      log.warn({ signal: sig }, 'second signal: stopping without waiting for calls in flight');
+      await gw.stop();
+      process.exit(0);
+    }
+    stopping = true;
     log.info({ signal: sig }, 'stopping');
+    if (sig === 'SIGTERM') await gw.drain.drain(f.drain_timeout_ms);
     await gw.stop();
     process.exit(0);
   };
-  process.once('SIGINT', () => void stop('SIGINT'));
-  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
   return gw;
 }

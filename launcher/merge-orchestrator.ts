@@ -68,6 +68,8 @@ export class MergeOrchestrator {
   private readonly windows = new Map<string, EdgeWindow>();
   private readonly libHashes = new Map<string, { mtimeMs: number; size: number; hash: string }>();
   readonly decisions = { merge: 0, unmerge: 0, failed: 0, fault: 0 };
+  /** decision rounds completed (reported, so a "not merged" result can wait for rounds that ran) */
+  ticks = 0;
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
   /** merges and unmerges run one at a time, whoever asked */
@@ -128,6 +130,7 @@ export class MergeOrchestrator {
 
   /** Why a pair may not be merged now, or undefined. */
   private refusal(caller: string, callee: string, settings: PairSettings, sameGroup: boolean, manual: boolean): string | undefined {
+    if (!this.enabled) return 'merging is off on this node (--merging=false)';
     const a = this.fn(caller);
     const b = this.fn(callee);
     if (!a || !b) return `unknown function ${!a ? caller : callee}`;
@@ -315,7 +318,7 @@ export class MergeOrchestrator {
 
   /** One decision round. */
   async tick(): Promise<void> {
-    if (this.busy) return;
+    if (this.busy || !this.enabled) return;
     this.busy = true;
     try {
       await this.control.collect();
@@ -336,6 +339,7 @@ export class MergeOrchestrator {
         await this.decide(e.caller, e.callee, w, e, now);
       }
       await this.checkMerged(now);
+      this.ticks++;
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'merge decision round failed');
     } finally {

@@ -35,7 +35,7 @@ export interface MergeStateMsg {
 }
 export interface Stats {
   at_ms: number; functions: FunctionStats[]; edges: EdgeStatsMsg[]; merges: MergeStateMsg[];
-  decisions?: Record<string, number>; policy_error?: string;
+  decisions?: Record<string, number>; policy_error?: string; ticks?: number;
 }
 export interface MergeEventMsg {
   at_ms: number; kind: string; caller: string; callee: string; isolation: string; reason: string; detail_json: string;

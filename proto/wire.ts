@@ -110,6 +110,11 @@ export function writeGatewayMessage(socket: { cork(): void; uncork(): void; writ
   socket.uncork();
 }
 
+/** What an engine sends on the gateway link (HANDSHAKE_RESPONSE: its authentication proof); anything else from it is malformed. */
+export const ENGINE_TO_GATEWAY: ReadonlySet<number> = new Set([
+  MessageType.ENGINE_HANDSHAKE, MessageType.HANDSHAKE_RESPONSE, MessageType.FUNC_CALL_COMPLETE, MessageType.FUNC_CALL_FAILED,
+]);
+
 /** Largest payload we accept on the gateway link (Nightcore: i32, buffered whole). */
 export const MAX_GATEWAY_PAYLOAD = 0x7fffffff;
 
@@ -128,7 +133,8 @@ export class GatewayFrameReader {
   private buffered = 0;
   /** raised once a connection has authenticated: before that a peer may send only tiny frames */
   maxPayload: number;
-  constructor(maxPayload = MAX_GATEWAY_PAYLOAD) {
+  /** `accept`: the message types the peer may send (others are refused at the header, before any payload is buffered) */
+  constructor(maxPayload = MAX_GATEWAY_PAYLOAD, private readonly accept?: ReadonlySet<number>) {
     this.maxPayload = maxPayload;
   }
 
@@ -144,6 +150,7 @@ export class GatewayFrameReader {
       if (type < MessageType.ENGINE_HANDSHAKE || type > MessageType.FUNC_CALL_FAILED) {
         throw new WireError(`gateway link: invalid message type ${type}`);
       }
+      if (this.accept && !this.accept.has(type)) throw new WireError(`gateway link: message type ${type} is not sent by this peer`);
       if (size < 0) throw new WireError(`gateway link: negative payload size ${size}`);
       if (size > this.maxPayload) {
         throw new WireError(`gateway link: payload of ${size} bytes exceeds the limit of ${this.maxPayload}`);

@@ -24,6 +24,12 @@ const launcherArgs = (gw: { engine: number; control: number }, root: string) => 
   `--root_path_for_ipc=${root}`, `--func_config_file=${FIXTURE_CONFIG}`,
 ];
 
+/** Attached on the control plane, with its workers in the view (the engine link alone shows a node too). */
+const attached = async (port: number) => {
+  const fns = (await admin(port, 'GET', 'functions')).body as { name: string; workers: number }[];
+  return fns.some((f) => f.name === 'Foo' && f.workers >= 2);
+};
+
 const mergedInForce = async (port: number) => {
   const m = (await admin(port, 'GET', 'merges')).body as { caller: string; callee: string; state: string; workersMerged: number }[];
   return m.some((x) => x.caller === 'Foo' && x.callee === 'Bar' && x.state === 'merged' && x.workersMerged >= 2);
@@ -36,10 +42,9 @@ t.test('launcher SIGKILL, restart on the same root; manual merges and the policy
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   let ln = await startProcess(launcherArgs(gw, root), /launcher ready/, 30000, env);
   t.teardown(() => stopProcess(ln.child));
-  await waitFor(async () => (await admin(gw.http, 'GET', 'nodes')).body.length === 1, 10000, 'attached');
-  // The admin view is current at once: the launcher reports on attach.
-  const fns = (await admin(gw.http, 'GET', 'functions')).body as { name: string; workers: number }[];
-  t.ok(fns.find((f) => f.name === 'Foo')!.workers >= 2, 'workers in the view right after attach');
+  await waitFor(async () => ((await admin(gw.http, 'GET', 'nodes')).body as { controlPlane: boolean }[]).some((n) => n.controlPlane), 10000, 'attached');
+  // The admin view is current at once: the hello carries the node's state.
+  t.ok(await attached(gw.http), 'workers in the view as soon as the node is attached');
 
   t.equal((await fetch(`http://127.0.0.1:${gw.http}/admin/v1/policy`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}` }, body: 'defaults: { cooldownSec: 1 }\nrules:\n  - { caller: Nowhere, callee: "*", mode: never }\n' })).status, 200);
   const m = await admin(gw.http, 'POST', 'merges', { caller: 'Foo', callee: 'Bar', isolation: 'stack' });
@@ -70,7 +75,7 @@ t.test('gateway restart: the launcher re-attaches, the manual merge stays desire
   const root = `/dev/shm/nightfuse-test-life2-${process.pid}-${randomBytes(3).toString('hex')}`;
   const ln = await startProcess(launcherArgs(gw, root), /launcher ready/, 30000, env);
   t.teardown(() => stopProcess(ln.child));
-  await waitFor(async () => (await admin(gw.http, 'GET', 'nodes')).body.length === 1, 10000, 'attached');
+  await waitFor(() => attached(gw.http), 10000, 'attached');
   t.equal((await admin(gw.http, 'POST', 'merges', { caller: 'Foo', callee: 'Bar', isolation: 'inline' })).status, 200);
   t.ok(await mergedInForce(gw.http));
   // The new gateway listens on the same ports: the launcher reconnects to them.
@@ -78,7 +83,7 @@ t.test('gateway restart: the launcher re-attaches, the manual merge stays desire
   const again = await startProcess(['gateway', '--listen_addr=127.0.0.1', `--http_port=${gw.http}`, '--grpc_port=0', `--engine_conn_port=${gw.engine}`,
     `--control_port=${gw.control}`, `--func_config_file=${FIXTURE_CONFIG}`], /gateway ready/, 30000, env);
   t.teardown(() => stopProcess(again.child));
-  await waitFor(async () => (await admin(gw.http, 'GET', 'nodes')).body.length === 1, 10000, 're-attached');
+  await waitFor(() => attached(gw.http), 10000, 're-attached');
   t.ok(await mergedInForce(gw.http), 'the launcher kept its merge, and the new gateway sees it at once');
   // The new gateway adopted it into its desired state: a launcher that restarts now gets it back.
   ln.child.kill('SIGKILL');

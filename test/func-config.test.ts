@@ -56,5 +56,11 @@ t.test('grpcMethods on a plain entry and http flags on a grpc entry are ignored,
   ]));
   t.same(c.byName.get('A')!.grpcMethods, []);
   t.equal(c.byName.get('grpc:S')!.allowHttpGet, false);
-  t.ok(ConfigError);
+  let thrown: unknown;
+  try {
+    parseFuncConfig('[{"funcName": "A"}]', '/opt/fns/func_config.json');
+  } catch (err) {
+    thrown = err;
+  }
+  t.ok(thrown instanceof ConfigError, 'config errors are ConfigError (the CLI prints them without a stack)');
 });

@@ -1,53 +1,16 @@
 // The gateway in-process, with engines played by raw TCP peers speaking the wire protocol.
 import t from 'tap';
-import net from 'node:net';
-import { pino } from 'pino';
 import { parseFuncConfig } from '../common/func-config.js';
-import { startGateway, type RunningGateway } from '../gateway/main.js';
-import { encodeEngineHandshake, encodeGatewayMessage, GatewayFrameReader, type GatewayMessage, MessageType, unpackCallId } from '../proto/wire.js';
+import { MessageType, unpackCallId } from '../proto/wire.js';
 import { post, waitFor } from './helpers.js';
+import { inProcessGateway, RawEngine } from './raw-engine.js';
 
 const config = parseFuncConfig(JSON.stringify([
   { funcName: 'Echo', funcId: 1 },
   { funcName: 'Other', funcId: 2 },
 ]));
 
-async function gateway(opts: Partial<{ maxRunningRequests: number; lbPerFnRoundRobin: boolean; lbPickLeastLoad: boolean; callTimeoutMs: number }> = {}): Promise<RunningGateway> {
-  return startGateway({
-    config, listenAddr: '127.0.0.1', httpPort: 0, grpcPort: 0, engineConnPort: 0, controlPort: -1,
-    maxRunningRequests: opts.maxRunningRequests ?? 0, lbPerFnRoundRobin: opts.lbPerFnRoundRobin ?? false,
-    lbPickLeastLoad: opts.lbPickLeastLoad ?? false, maxBodyBytes: 1 << 20, callTimeoutMs: opts.callTimeoutMs ?? 10000,
-    log: pino({ level: 'silent' }),
-  });
-}
-
-/** A fake engine: connects, handshakes, records DISPATCHes; answers with `respond` unless held. */
-class RawEngine {
-  readonly socket: net.Socket;
-  readonly received: GatewayMessage[] = [];
-  private readonly reader = new GatewayFrameReader();
-  hold = false;
-  constructor(port: number, readonly nodeId: number, connId = 0, private readonly respond = (m: GatewayMessage) => Buffer.concat([Buffer.from(`n${nodeId}:`), m.payload])) {
-    this.socket = net.connect(port, '127.0.0.1');
-    this.socket.write(encodeEngineHandshake(nodeId, connId));
-    this.socket.on('data', (d) => {
-      for (const m of this.reader.feed(d)) {
-        this.received.push(m);
-        if (!this.hold) this.complete(m);
-      }
-    });
-    this.socket.on('error', () => {});
-  }
-  complete(m: GatewayMessage, via: net.Socket = this.socket): void {
-    via.write(encodeGatewayMessage({ type: MessageType.FUNC_CALL_COMPLETE, fullCallId: m.fullCallId, value: 42, payload: this.respond(m) }));
-  }
-  fail(m: GatewayMessage): void {
-    this.socket.write(encodeGatewayMessage({ type: MessageType.FUNC_CALL_FAILED, fullCallId: m.fullCallId, value: 0, payload: Buffer.alloc(0) }));
-  }
-  close(): void {
-    this.socket.destroy();
-  }
-}
+const gateway = (opts: Parameters<typeof inProcessGateway>[1] = {}) => inProcessGateway(config, opts);
 
 t.test('no node: 500; DISPATCH wire format; COMPLETE and FAILED', async (t) => {
   const gw = await gateway();
@@ -144,14 +107,21 @@ t.test('--max_running_requests queues calls beyond the cap and releases them in 
   t.teardown(() => e.close());
   e.hold = true;
   await waitFor(() => gw.engines.nodes.size === 1, 2000, 'node up');
-  const ps = ['a', 'b', 'c'].map((s) => post(gw.ports.http, '/function/Echo', s));
-  await waitFor(() => e.received.length === 1 && gw.dispatcher.queuedCount === 2, 2000, 'one running, two queued');
+  // Send one at a time so the arrival order is known: a, then b and c queue behind it.
+  const inputs = ['a', 'b', 'c', 'd'];
+  const ps: ReturnType<typeof post>[] = [];
+  for (const [i, s] of inputs.entries()) {
+    ps.push(post(gw.ports.http, '/function/Echo', s));
+    await waitFor(() => e.received.length === 1 && gw.dispatcher.queuedCount === i, 2000, `${s} dispatched or queued`);
+  }
   t.equal(e.received.length, 1, 'only one dispatched');
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < inputs.length; i++) {
     await waitFor(() => e.received.length === i + 1, 2000, `dispatch ${i + 1}`);
+    t.equal(gw.dispatcher.queuedCount, inputs.length - 1 - i, `${inputs.length - 1 - i} still queued`);
     e.complete(e.received[i]);
   }
-  t.same((await Promise.all(ps)).map((r) => r.body.toString()), ['n1:a', 'n1:b', 'n1:c']);
+  t.same(e.received.map((m) => m.payload.toString()), inputs, 'dispatched in arrival order (FIFO)');
+  t.same((await Promise.all(ps)).map((r) => r.body.toString()), inputs.map((s) => `n1:${s}`));
 });
 
 t.test('timeout: 504 and a late result is ignored', async (t) => {

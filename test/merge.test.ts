@@ -4,47 +4,26 @@ import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { NATIVE_BUILD } from '../common/paths.js';
 import { inject } from '../launcher/injector.js';
-import { spawnProcess } from '../launcher/spawn.js';
 import type { Isolation } from '../proto/merge-wire.js';
 import { startLocalStack, type LocalStack } from '../launcher/local-stack.js';
 import { FIXTURE_CONFIG, loadLoop, post, waitFor } from './helpers.js';
-
-/**
- * A test target, started the way the launcher starts workers (posix_spawn, not
- * child_process: libuv would take the tracee's ptrace stops for exits).
- * Its stdin/stdout are our socketpair.
- */
-function startTarget(name: string): Promise<{ pid: number; echo(s: string): Promise<string>; stop(): void }> {
-  return new Promise((resolve) => {
-    const p = spawnProcess({ file: join(NATIVE_BUILD, 'targets', name), args: [], env: process.env, stdioOnControl: true });
-    let buf = '';
-    let waiter: ((line: string) => void) | undefined;
-    p.control.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (line.startsWith('ready ')) {
-          setTimeout(() => resolve({
-            pid: p.pid,
-            echo: (s) => new Promise((r) => { waiter = r; p.control.write(`${s}\n`); }),
-            stop: () => p.kill('SIGKILL'),
-          }), 10);
-        } else waiter?.(line);
-      }
-    });
-  });
-}
+import { startTarget } from './targets.js';
 
 t.test('koffi binding: typed report, off the event loop', async (t) => {
   const target = await startTarget('target_read');
   t.teardown(() => target.stop());
   const out = `/tmp/nf-koffi-probe-${process.pid}`;
+  // Counts event-loop turns while the injection runs: a call that blocked the loop would leave it at 0.
   let ticks = 0;
-  const timer = setInterval(() => ticks++, 0);
+  let counting = true;
+  const turn = () => {
+    ticks++;
+    if (counting) setImmediate(turn);
+  };
+  setImmediate(turn);
   const r = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'probe_entry', arg: out });
-  clearInterval(timer);
+  counting = false;
+  t.ok(ticks > 0, `the event loop turned ${ticks} times during the injection`);
   t.equal(r.ok, true, r.error);
   t.equal(readFileSync(out, 'utf8'), `pid=${target.pid}`, 'entry ran with its argument');
   rmSync(out, { force: true });
@@ -75,7 +54,7 @@ const barLib = () => stack.agent.config.byName.get('Bar')!.library!;
 
 for (const iso of ['inline', 'stack', 'thread'] as Isolation[]) {
   t.test(`merge Bar into every Foo worker (${iso}) under load; unmerge; nothing lost`, async (t) => {
-    const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `m-${iso}-${i}`, (i) => `From function Bar: m-${iso}-${i}, World\n`);
+    const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `m-${iso}-${i}`, (i) => `From function Bar: m-${iso}-${i}, World\n`, 2);
     await new Promise((r) => setTimeout(r, 200));
     const foos = stack.agent.workersOf('Foo').filter((w) => w.state !== 'dead');
     t.ok(foos.length >= 2, `${foos.length} Foo workers`);

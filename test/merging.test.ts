@@ -1,11 +1,10 @@
 // Run-time merging end to end: real gateway and launcher processes, the admin API and the CLI.
 import t from 'tap';
-import { execFile } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NATIVE_BUILD } from '../common/paths.js';
-import { CLI, loadLoop, metricValue, post, request, ROOT, startStack, startProcess, freePort, stopProcess, waitFor, type Stack } from './helpers.js';
+import { admin as adminApi, cli as runCli, decisionRounds, loadLoop, metricValue, metrics, post, ROOT, startGatewayProcess, startStack, stopProcess, waitFor, type Stack } from './helpers.js';
 
 const TOKEN = 'test-token-123';
 const dir = mkdtempSync(join(tmpdir(), 'nightfuse-merging-'));
@@ -39,17 +38,13 @@ t.before(async () => {
 });
 t.teardown(() => stack?.stop());
 
-async function admin(method: string, path: string, body?: string, token = TOKEN): Promise<{ status: number; data: any }> {
-  const r = await fetch(`http://127.0.0.1:${stack.httpPort}/admin/v1${path}`, { method, body, headers: token ? { Authorization: `Bearer ${token}` } : {} });
-  return { status: r.status, data: await r.json() };
-}
-
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, NIGHTFUSE_GATEWAY: `http://127.0.0.1:${stack.httpPort}`, NIGHTFUSE_ADMIN_TOKEN: TOKEN } },
-      (err, stdout, stderr) => resolve({ code: err ? (err as { code?: number }).code ?? 1 : 0, stdout, stderr }));
-  });
-}
+const admin = (method: string, path: string, body?: string, token = TOKEN) => adminApi(stack.httpPort, token, method, path, body);
+const cli = (args: string[]) => runCli(args, { NIGHTFUSE_GATEWAY: `http://127.0.0.1:${stack.httpPort}`, NIGHTFUSE_ADMIN_TOKEN: TOKEN });
+/** the decision loop ran `n` more rounds (so a pair it did not merge was looked at) */
+const rounds = (n: number) => decisionRounds(stack.httpPort, TOKEN, n);
+/** merge decisions (or merges) for caller<-callee logged since `sinceMs`: a merge undone at once still shows here */
+const mergesLoggedSince = async (caller: string, callee: string, sinceMs: number) =>
+  ((await admin('GET', '/events')).data as any[]).filter((e) => e.caller === caller && e.callee === callee && e.at_ms >= sinceMs && (e.kind === 'merged' || (e.kind === 'decision' && /merge/.test(e.detail_json))));
 
 const mergeOf = async (caller: string, callee: string) =>
   ((await admin('GET', '/merges')).data as any[]).find((m) => m.caller === caller && m.callee === callee);
@@ -71,11 +66,14 @@ t.test('auto policy: under continuous load Bar is merged into every Foo worker; 
   }, 20000, 'Foo<-Bar merged in all workers');
   const m = await mergeOf('Foo', 'Bar');
   t.equal(m.isolation, 'stack', 'isolation from the rule');
-  await new Promise((r) => setTimeout(r, 1500));
-  const metrics = (await request(stack.httpPort, 'GET', '/metrics')).body.toString();
-  t.ok((metricValue(metrics, 'nightfuse_merges', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 2, 'merge shows in metrics');
-  t.ok((metricValue(metrics, 'nightfuse_edge_local_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0, 'local calls counted on the edge');
-  t.ok((metricValue(metrics, 'nightfuse_merge_decisions_total', { kind: 'merge' }) ?? 0) >= 1, 'decision counted');
+  let text = '';
+  await waitFor(async () => {
+    text = await metrics(stack.httpPort);
+    return (metricValue(text, 'nightfuse_edge_local_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0;
+  }, 10000, 'local calls reported');
+  t.ok((metricValue(text, 'nightfuse_merges', { caller: 'Foo', callee: 'Bar' }) ?? 0) >= 2, 'merge shows in metrics');
+  t.ok((metricValue(text, 'nightfuse_edge_local_calls_total', { caller: 'Foo', callee: 'Bar' }) ?? 0) > 0, 'local calls counted on the edge');
+  t.ok((metricValue(text, 'nightfuse_merge_decisions_total', { kind: 'merge' }) ?? 0) >= 1, 'decision counted');
   const events = (await admin('GET', '/events')).data as any[];
   const decision = events.find((e) => e.kind === 'decision' && e.callee === 'Bar');
   t.match(decision?.reason ?? '', /hot for 1 s: .* calls\/s/, 'decision logged with its reasons and numbers');
@@ -93,15 +91,19 @@ t.test('auto policy: under continuous load Bar is merged into every Foo worker; 
 
 t.test('manual merge and unmerge through the CLI, under load', async (t) => {
   // After the cooldown the auto rule may merge again; take it by hand.
-  const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `man-${i}`, (i) => `From function Bar: man-${i}, World\n`, 1);
+  const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `man-${i}`, (i) => `From function Bar: man-${i}, World\n`, 2);
   const merged = await cli(['merge', 'Foo', 'Bar', '--isolation', 'inline', '--json']);
   t.equal(merged.code, 0, merged.stderr);
   const res = JSON.parse(merged.stdout);
   t.ok(res.ok && res.results[0].detail.workers.every((w: any) => w.ok), 'returned once in force in every worker of Foo');
   t.equal((await mergeOf('Foo', 'Bar')).isolation, 'inline');
+  const before = Date.now();
   const un = await cli(['unmerge', 'Foo', 'Bar']);
   t.equal(un.code, 0, un.stderr);
-  t.equal(await mergeOf('Foo', 'Bar'), undefined);
+  // Not "absent from the merges list": the auto rule may merge it again 2 s later under this load.
+  await waitFor(async () => ((await admin('GET', '/events')).data as any[])
+    .some((e) => e.kind === 'unmerged' && e.caller === 'Foo' && e.callee === 'Bar' && e.reason === 'manual unmerge' && e.at_ms >= before), 5000, 'the manual unmerge logged');
+  t.pass('unmerged by hand');
   // (Foo->Bar itself may be merged again by the auto rule once its 2 s cooldown ends: the load keeps it hot.)
   const again = await cli(['unmerge', 'Faulty', 'Query']);
   t.equal(again.code, 1, 'unmerging what is not merged is refused');
@@ -117,9 +119,11 @@ t.test('policy says never / different trust groups: refused and not merged', asy
   const r2 = await admin('POST', '/merges', JSON.stringify({ caller: 'Foo', callee: 'Crashy' })); // same group, defaults: never
   t.equal(r2.status, 409);
   t.match(r2.data.results[0].error, /policy says never/);
+  const since = Date.now();
   for (let i = 0; i < 20; i++) await post(stack.httpPort, '/function/Faulty', 'call:Query:x=1');
-  await new Promise((r) => setTimeout(r, 1000));
-  t.equal(await mergeOf('Faulty', 'Query'), undefined, '"always" across trust groups does not merge');
+  await rounds(3);
+  t.equal(await mergeOf('Faulty', 'Query'), undefined, '"always" across trust groups does not merge (3 decision rounds later)');
+  t.same(await mergesLoggedSince('Faulty', 'Query', since), [], 'no merge decision logged for it');
   t.equal((await admin('POST', '/merges', JSON.stringify({ caller: 'Foo' }))).status, 400, 'bad request body');
   t.equal((await admin('POST', '/merges', JSON.stringify({ caller: 'Foo', callee: 'Nope' }))).status, 404, 'unknown function');
 });
@@ -134,9 +138,11 @@ t.test('a faulting merged callee fails one call; the pair is held back', async (
   const ev = (await admin('GET', '/events')).data as any[];
   t.ok(ev.some((e) => e.kind === 'fault' && e.callee === 'Crashy'), 'fault event');
   t.ok(ev.some((e) => e.kind === 'held_back' && e.callee === 'Crashy'), 'held back');
+  const since = Date.now();
   for (let i = 0; i < 10; i++) t.equal((await post(stack.httpPort, '/function/Faulty', `call:Crashy:after${i}`)).body.toString(), `after${i}`);
-  await new Promise((r) => setTimeout(r, 1000));
-  t.equal(await mergeOf('Faulty', 'Crashy'), undefined, 'still held back (cooldown 30 s) although "always"');
+  await rounds(3);
+  t.same(await mergesLoggedSince('Faulty', 'Crashy', since), [], 'no merge decision since the fault');
+  t.equal(await mergeOf('Faulty', 'Crashy'), undefined, 'still held back (cooldown 30 s) although "always", 3 decision rounds later');
 });
 
 t.test("changing Bar's library file unmerges it", async (t) => {
@@ -175,23 +181,31 @@ t.test('an invalid policy reload is refused and the old policy stays', async (t)
 });
 
 t.test('a policy with never is respected under load', async (t) => {
+  // never.yaml: Foo->Bar never; every other pair auto with low thresholds. Faulty->Query under the
+  // same load shows the loop does merge a hot pair while Foo->Bar stays apart.
+  const since = Date.now();
   const loop = loadLoop(stack.httpPort, '/function/Foo', (i) => `nv-${i}`, (i) => `From function Bar: nv-${i}, World\n`, 2);
-  await new Promise((r) => setTimeout(r, 2500));
-  t.equal(await mergeOf('Foo', 'Bar'), undefined, 'Foo->Bar never merged although hot');
-  await loop.stop();
+  const control = loadLoop(stack.httpPort, '/function/Faulty', (i) => `call:Query:q${i}`, (i) => `q${i}`, 1);
+  await waitFor(async () => (await mergeOf('Faulty', 'Query'))?.state === 'merged', 15000, 'Faulty<-Query merged (auto)');
+  await rounds(8); // sustainSec 0.5 at 200 ms ticks: 3 rounds would do
+  const edge = ((await admin('GET', '/edges')).data as any[]).find((e) => e.caller === 'Foo' && e.callee === 'Bar');
+  t.ok(edge.callsPerSec > 1, `Foo->Bar is hot (${edge.callsPerSec} calls/s)`);
+  t.equal(await mergeOf('Foo', 'Bar'), undefined, 'Foo->Bar not merged although hot, 8 decision rounds later');
+  t.same(await mergesLoggedSince('Foo', 'Bar', since), [], 'and never was in between (no merge decision logged)');
+  t.ok((await mergesLoggedSince('Faulty', 'Query', since)).length > 0, 'while the hot Faulty->Query merge was logged');
+  await Promise.all([loop.stop(), control.stop()]);
   t.same(loop.stats.bad, []);
+  t.same(control.stats.bad, []);
 });
 
 t.test('an invalid policy file refuses the gateway start, naming the field and rule', async (t) => {
   const bad = join(dir, 'bad.yaml');
   writeFileSync(bad, 'rules:\n  - { caller: A, callee: B, mode: maybe }\n');
-  const port = await freePort();
-  const err = await startProcess(['gateway', '--listen_addr=127.0.0.1', `--http_port=${port}`, '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--func_config_file=${config}`, `--merge_policy_file=${bad}`], /gateway ready/, 10000)
+  const err = await startGatewayProcess([`--func_config_file=${config}`, `--merge_policy_file=${bad}`])
     .then((p) => { void stopProcess(p.child); return ''; }, (e: Error) => e.message);
   t.match(err, /rules\[0\] \(A -> B\)\.mode: must be one of auto, always, never/);
-  const port2 = await freePort();
-  const noToken = await startProcess(['gateway', '--listen_addr=127.0.0.1', `--http_port=${port2}`, '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--func_config_file=${config}`], /gateway ready/, 10000, { NIGHTFUSE_ADMIN_TOKEN: '' });
-  const r = await fetch(`http://127.0.0.1:${port2}/admin/v1/status`);
+  const noToken = await startGatewayProcess([`--func_config_file=${config}`], { NIGHTFUSE_ADMIN_TOKEN: '' });
+  const r = await fetch(`http://127.0.0.1:${noToken.ports.http}/admin/v1/status`);
   t.equal(r.status, 403, 'admin API refused when no token is configured');
   await stopProcess(noToken.child);
 });

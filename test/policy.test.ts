@@ -41,9 +41,13 @@ t.test('errors name the field and the rule', async (t) => {
   bad('trustGroups: { a: [X], b: [X] }', /trustGroups\.b: "X" is also in trust group "a"/, 'a function in two groups');
   bad('defaults: { minCallsPerSec: 5, unmergeBelowCallsPerSec: 10 }', /unmergeBelowCallsPerSec \(10\) must not exceed minCallsPerSec \(5\)/, 'hysteresis the wrong way round');
   bad('rules: [ {caller: A, callee: B, ', /not valid JSON or YAML/, 'syntax error');
+  let thrown: unknown;
   try {
     parsePolicy('defaults: { mode: x, isolation: y }', 'p.yaml');
   } catch (err) {
-    t.equal((err as { errors: string[] }).errors.length, 2, 'every problem reported at once');
+    thrown = err;
   }
+  t.match(thrown, { name: 'PolicyError' }, 'two bad fields are refused');
+  t.match((thrown as { errors?: string[] })?.errors, [/defaults\.mode/, /defaults\.isolation/], 'every problem reported at once');
+  t.equal((thrown as { errors?: string[] })?.errors?.length, 2, 'and nothing else');
 });

@@ -141,23 +141,44 @@ t.test('malformed gRPC framing gets HTTP 400, server keeps serving', async (t) =
   session.close();
 });
 
-t.test('malformed HTTP and malformed wire messages close the connection, nothing crashes', async (t) => {
-  const rawExchange = (port: number, data: Buffer) => new Promise<string>((resolve) => {
+t.test('malformed HTTP and malformed wire messages: the gateway closes the connection, nothing crashes', async (t) => {
+  // Our own timer is only a backstop: each case must see the gateway end the connection well before it.
+  const BACKSTOP_MS = 5000;
+  // `after`: sent once `admitted` holds (the gateway refuses anything pipelined behind a handshake).
+  const rawExchange = (port: number, data: Buffer, after?: Buffer, admitted?: () => Promise<boolean>) => new Promise<{ got: string; closedBy: 'gateway' | 'backstop'; ms: number }>((resolve) => {
+    const t0 = Date.now();
     const s = net.connect(port, '127.0.0.1');
     let got = '';
+    let closedBy: 'gateway' | 'backstop' = 'gateway';
+    const timer = setTimeout(() => {
+      closedBy = 'backstop';
+      s.destroy();
+    }, BACKSTOP_MS);
     s.on('data', (d) => (got += d.toString('latin1')));
-    s.on('close', () => resolve(got));
-    s.on('error', () => resolve(got));
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ got, closedBy, ms: Date.now() - t0 });
+    });
+    s.on('error', () => {});
     s.write(data);
-    setTimeout(() => s.destroy(), 2000);
+    if (after && admitted) void waitFor(admitted, 3000, 'the fake engine admitted').then(() => s.write(after), () => s.destroy());
   });
+  const nodes = async () => Number(/nightfuse_gateway_connected_nodes (\d+)/.exec((await request(stack.httpPort, 'GET', '/metrics')).body.toString())?.[1]);
+  const asSecondNode = async () => (await nodes()) === 2;
+  const closed = (r: { closedBy: string; ms: number }, what: string) =>
+    t.ok(r.closedBy === 'gateway' && r.ms < BACKSTOP_MS, `${what}: the gateway closed the connection (after ${r.ms} ms)`);
   const bad = await rawExchange(stack.httpPort, Buffer.from('GARBAGE GARBAGE\r\n\r\n'));
-  t.match(bad, /^(HTTP\/1.1 400|)/, 'bad HTTP: 400 or closed');
-  await rawExchange(stack.enginePort, Buffer.from('0f00000000000000000000000000000000', 'hex'));
+  t.match(bad.got, /^HTTP\/1\.1 400 Bad Request\r\n/, 'bad HTTP: answered 400');
+  closed(bad, 'bad HTTP');
+  closed(await rawExchange(stack.enginePort, Buffer.from('0f00000000000000000000000000000000', 'hex')), 'unknown message type before the handshake');
   const negative = encodeGatewayHeader(MessageType.FUNC_CALL_COMPLETE, 1n, 0);
   negative.writeInt32LE(-5, 12);
-  await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(999, 0), negative]));
-  await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(998, 0), Buffer.from('garbage bytes that are no header')]));
+  closed(await rawExchange(stack.enginePort, encodeEngineHandshake(999, 0), negative, asSecondNode), 'negative payload size');
+  // Plausible headers of a type engines never send (DISPATCH; with a 1.7 GB "payload", then a small one): refused, not buffered.
+  closed(await rawExchange(stack.enginePort, encodeEngineHandshake(998, 0), Buffer.from('garbage bytes that are no header'), asSecondNode), 'garbage after the handshake');
+  closed(await rawExchange(stack.enginePort, encodeEngineHandshake(996, 0), Buffer.concat([encodeGatewayHeader(MessageType.DISPATCH_FUNC_CALL, 1n, 4), Buffer.from('call')]), asSecondNode), 'a DISPATCH from an engine');
+  closed(await rawExchange(stack.enginePort, Buffer.concat([encodeEngineHandshake(997, 0), negative])), 'a frame pipelined behind the handshake');
+  closed(await rawExchange(stack.enginePort, encodeGatewayHeader(MessageType.FUNC_CALL_COMPLETE, 1n, 0)), 'a result before the handshake');
   await waitFor(async () => (await request(stack.httpPort, 'GET', '/metrics')).body.toString().includes('nightfuse_gateway_connected_nodes 1'), 5000, 'fake engines gone');
   const r = await post(stack.httpPort, '/function/Foo', 'alive');
   t.equal(r.body.toString(), 'From function Bar: alive, World\n', 'gateway still serves');
