@@ -143,7 +143,7 @@ t.test('a pipelining flood is read only as fast as it is answered', async (t) =>
   const rss = usage(stack.gateway.pid!).rssKiB - rss0;
   p.destroy();
   t.ok(ran < 2000, `${ran} of 20000 pipelined calls ran while the head was unanswered (the rest was left unread)`);
-  t.ok(rss < 8 * 1024, `RSS grew ${rss} KiB`);
+  t.ok(rss < 16 * 1024, `RSS grew ${rss} KiB (read unbounded, the flood grows it by ~47 MiB)`);
 });
 
 t.test('header, body and idle timeouts close held connections', async (t) => {
