@@ -8,7 +8,7 @@
  * RESOURCE_EXHAUSTED over the body limit, DEADLINE_EXCEEDED on our timeout,
  * and short first DATA chunks are buffered (Nightcore's gateway aborts).
  *
- * Hostile peers (GrpcLimits): sessions are destroyed on protocol errors and
+ * Hostile peers (GrpcLimits): sessions end on protocol errors (node destroys them) and
  * dropped when the preface and SETTINGS do not arrive in time, when no stream
  * is open for the idle timeout (this also ends sessions nghttp2 stopped
  * reading after answering an error with GOAWAY, which node does not report),
@@ -139,10 +139,8 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
     session.once('remoteSettings', () => (st.settled = true));
     session.once('close', () => sessions.delete(session));
   });
-  server.on('sessionError', (err, session) => {
-    o.log.debug({ err: err.message }, 'gRPC session error: closed');
-    session.destroy();
-  });
+  // node destroys a session on the errors it reports; the rest end at the idle timeout (sweep)
+  server.on('sessionError', (err) => o.log.debug({ err: err.message }, 'gRPC session error: closed'));
   server.on('drop', (d?: { remoteAddress?: string }) => o.log.debug({ peer: d?.remoteAddress, max: l.maxConnections }, 'gRPC connection refused: over --max_connections'));
   const shortest = Math.min(...[l.settingsTimeoutMs, l.idleTimeoutMs, l.streamTimeoutMs].filter((t) => t > 0), 4000);
   const sweep = setInterval(() => sweepSessions(sessions, l), Math.max(10, Math.floor(shortest / 4)));

@@ -217,8 +217,8 @@ function pipelined(sock: Sock, res: http.ServerResponse, run: () => void): boole
 
 /**
  * A parse error or timeout. Answers still owed on the connection go out first,
- * in order; then the error answer (none after `Connection: close`, where the
- * data that follows is ignored) and the socket closes.
+ * in order; then the error answer (none after `Connection: close`: the socket
+ * is already closing and the data that follows is ignored) and the socket closes.
  */
 function onClientError(log: Logger, l: HttpLimits, err: NodeJS.ErrnoException, socket: Sock): void {
   const st = connState(socket);
@@ -233,7 +233,7 @@ function onClientError(log: Logger, l: HttpLimits, err: NodeJS.ErrnoException, s
       owed.once('finish', finish); // node hands the socket to the next queued answer before this runs
       return;
     }
-    if (!socket.writable || err.code === 'HPE_CLOSED_CONNECTION') return void socket.destroySoon();
+    if (!socket.writable) return void socket.destroySoon(); // after `Connection: close` node is already closing it
     socket.write(errorAnswer(l, err));
     socket.destroySoon();
     const t = setTimeout(() => socket.destroy(), 1000).unref(); // a peer that does not read gets no longer

@@ -10,7 +10,7 @@ import { usage } from './adversary.js';
 import { startStack, waitFor, type Stack } from './helpers.js';
 
 const SETTINGS_MS = 500;
-const IDLE_MS = 1000;
+const IDLE_MS = 2000;
 const STREAM_MS = 800;
 const MAX_BODY = 65536;
 const SLACK_MS = 2500;
@@ -89,9 +89,10 @@ t.test('no preface or SETTINGS in time: dropped', async (t) => {
   peers['half a preface'].write(H2_PREFACE.subarray(0, 10));
   peers['preface without SETTINGS'].write(H2_PREFACE);
   peers['preface then a slow SETTINGS frame'].write(Buffer.concat([H2_PREFACE, h2frame(H2.SETTINGS, 0, 0, Buffer.alloc(12)).subarray(0, 12)]));
-  await Promise.all(Object.values(peers).map((p) => p.closedWithin(SETTINGS_MS + SLACK_MS)));
+  await Promise.all(Object.values(peers).map((p) => p.closedWithin(IDLE_MS + SLACK_MS)));
   for (const [what, p] of Object.entries(peers)) {
-    t.ok(p.isClosed && p.closedAt - p.openedAt >= SETTINGS_MS - 50, `${what}: closed after ${p.closedAt - p.openedAt} ms`);
+    const at = p.closedAt - p.openedAt;
+    t.ok(p.isClosed && at >= SETTINGS_MS - 50 && at < IDLE_MS, `${what}: closed after ${at} ms, by the settings timeout`);
   }
 });
 
@@ -152,12 +153,12 @@ t.test('streams per session are capped; streams whose request stalls are reset; 
   session.on('error', () => {});
   const goaway = new Promise<number>((r) => session.once('goaway', (code) => r(Date.now())));
   const t0 = Date.now();
-  for (let i = 0; i < 8; i++) {
+  for (let i = 0; i < 5; i++) {
     const r = await call(session, `${SERVICE}/SayHello`, grpcMessage(pbString(`busy${i}`)));
     t.same([r.grpc, r.data], ['0', grpcMessage(replyFor('SayHello', `busy${i}`))], `call ${i} on a busy session`);
     await sleep(IDLE_MS / 3);
   }
-  t.notOk(session.closed || session.destroyed, `a session used every ${IDLE_MS / 3} ms stays open (${Date.now() - t0} ms)`);
+  t.notOk(session.closed || session.destroyed, `a session used every ${Math.round(IDLE_MS / 3)} ms stays open (${Date.now() - t0} ms)`);
   const at = await Promise.race([goaway, sleep(IDLE_MS + SLACK_MS).then(() => 0)]);
   t.ok(at > 0, `idle: GOAWAY ${at - t0} ms after start`);
   session.destroy();
@@ -175,12 +176,27 @@ t.test('request bytes buffered per session are bounded by one message', async (t
     s.write(Buffer.concat([Buffer.from([0, 0, 0, 0xf0, 0]), Buffer.alloc(20000, 7)])); // a 61 KiB message, never finished
     return { s, status: () => status };
   });
-  await waitFor(() => streams.filter((x) => x.status() === '8').length >= 20, STREAM_MS + SLACK_MS, 'RESOURCE_EXHAUSTED past the session budget');
+  await waitFor(() => streams.filter((x) => x.status() === '8').length >= 30 - Math.ceil(MAX_BODY / 20000), STREAM_MS + SLACK_MS, 'RESOURCE_EXHAUSTED past the session budget');
   const over = streams.filter((x) => x.status() === '8').length;
   t.ok(over >= 30 - Math.ceil(MAX_BODY / 20000), `${over} of 30 half-sent messages refused with RESOURCE_EXHAUSTED (budget ${MAX_BODY + 5} bytes)`);
   const mid = usage(stack.gateway.pid!);
   t.ok(mid.rssKiB - base.rssKiB < 8 * 1024, `RSS grew ${mid.rssKiB - base.rssKiB} KiB`);
   session.destroy();
+  // streams reset half-way give their bytes back: afterwards a near-maximal message still fits
+  const again = http2.connect(`http://127.0.0.1:${stack.grpcPort}`);
+  again.on('error', () => {});
+  for (let i = 0; i < 6; i++) {
+    const s = again.request({ ':method': 'POST', ':path': `${SERVICE}/SayHello`, 'content-type': 'application/grpc' });
+    s.on('error', () => {});
+    s.write(Buffer.concat([Buffer.from([0, 0, 0, 0xf0, 0]), Buffer.alloc(40000, 7)]));
+    await sleep(100);
+    s.close(http2.constants.NGHTTP2_CANCEL);
+  }
+  const padding = Buffer.concat([Buffer.from([0x12, 0xff, 0xf7, 0x03]), Buffer.alloc(0xfbff)]); // field 2, 64511 bytes: skipped by the greeter
+  const big = await call(again, `${SERVICE}/SayHello`, grpcMessage(Buffer.concat([pbString('big'), padding])));
+  t.same(big.data, grpcMessage(replyFor('SayHello', 'big')), 'reply');
+  t.equal(big.grpc, '0', `a ${padding.length + 5}-byte message after six reset ones: served`);
+  again.destroy();
 });
 
 t.test('made-up service names do not grow the metrics', async (t) => {
@@ -239,11 +255,21 @@ async function generated(first: number, sessions: number, callsPerSession: numbe
   let cases = 0;
   const lanes = Array.from({ length: sessions }, async (_, k) => {
     const r = rng(first + k);
-    const session = http2.connect(`http://127.0.0.1:${stack.grpcPort}`);
-    session.on('error', () => {});
+    const open = () => {
+      const s = http2.connect(`http://127.0.0.1:${stack.grpcPort}`);
+      s.on('error', () => {});
+      return s;
+    };
+    let session = open();
     for (let i = 0; i < callsPerSession; i++) {
+      if (session.closed || session.destroyed) session = open(); // an idle GOAWAY (a stall on a loaded machine): reconnect, as clients do
       const batch = Array.from({ length: r.int(1, 8) }, (_, j) => validCase(r, i * 10 + j));
-      const got = await Promise.all(batch.map((c) => call(session, c.path, c.body, c.headers)));
+      const got = await Promise.all(batch.map(async (c) => {
+        const g = await call(session, c.path, c.body, c.headers);
+        if (g.http !== 0 || !(session.closed || session.destroyed)) return g;
+        session = open(); // refused by a GOAWAY that crossed it: retried on a new session, as gRPC clients do
+        return call(session, c.path, c.body, c.headers);
+      }));
       for (const [j, c] of batch.entries()) {
         cases++;
         const g = got[j];
@@ -261,7 +287,7 @@ async function generated(first: number, sessions: number, callsPerSession: numbe
     return p;
   });
   await Promise.all(lanes);
-  await Promise.all(peers.map((p) => p.closedWithin(SETTINGS_MS + IDLE_MS + STREAM_MS + SLACK_MS)));
+  await Promise.all(peers.map((p) => p.closedWithin(SETTINGS_MS + IDLE_MS + STREAM_MS + 2 * SLACK_MS)));
   for (const [k, p] of peers.entries()) {
     cases++;
     if (!p.isClosed) wrong.push(`hostile seed ${first + 10_000 + k}: still open after ${Date.now() - p.openedAt} ms`);

@@ -6,8 +6,8 @@ import { startGatewayProcess, usage } from './adversary.js';
 import { startStack, waitFor, type Stack } from './helpers.js';
 
 const HEADER_MS = 800;
-const BODY_MS = 800;
-const IDLE_MS = 2000; // above header + body: a request's silence is timed by those (408), not by the idle timer
+const BODY_MS = 1600;
+const IDLE_MS = 3000; // above header + body: a request's silence is timed by those (408), not by the idle timer
 const IDLE_CLOSE_MS = IDLE_MS + 1000; // node closes idle keep-alive sockets a second after the timeout
 const MAX_BODY = 65536;
 /** Slack for a loaded 2-core machine: a deadline is "kept" when the close comes within it. */
@@ -143,7 +143,7 @@ t.test('a pipelining flood is read only as fast as it is answered', async (t) =>
   const rss = usage(stack.gateway.pid!).rssKiB - rss0;
   p.destroy();
   t.ok(ran < 2000, `${ran} of 20000 pipelined calls ran while the head was unanswered (the rest was left unread)`);
-  t.ok(rss < 8 * 1024, `RSS grew ${rss} KiB`);
+  t.ok(rss < 16 * 1024, `RSS grew ${rss} KiB (read unbounded, the flood grows it by ~47 MiB)`);
 });
 
 t.test('header, body and idle timeouts close held connections', async (t) => {
@@ -180,9 +180,9 @@ t.test('header, body and idle timeouts close held connections', async (t) => {
   clearInterval(trickle2);
   const timeout408 = (p: RawPeer) => parseAnswers(p.received).answers.at(-1)?.status;
   t.ok(silent.isClosed && at(silent) >= HEADER_MS - 50, `silent connection closed after ${at(silent)} ms`);
-  t.ok(partial.isClosed && at(partial) >= HEADER_MS - 50, `partial headers closed after ${at(partial)} ms`);
+  t.ok(partial.isClosed && at(partial) >= HEADER_MS - 50 && at(partial) < HEADER_MS + BODY_MS, `partial headers closed after ${at(partial)} ms, by the header timeout`);
   t.equal(timeout408(partial), 408, 'partial headers: 408');
-  t.ok(trickleHeaders.isClosed && at(trickleHeaders) < HEADER_MS + SLACK_MS, `trickled headers closed after ${at(trickleHeaders)} ms, not extended by the trickle`);
+  t.ok(trickleHeaders.isClosed && at(trickleHeaders) < HEADER_MS + BODY_MS, `trickled headers closed after ${at(trickleHeaders)} ms, not extended by the trickle`);
   t.equal(timeout408(trickleHeaders), 408);
   t.ok(slowBody.isClosed && at(slowBody) >= HEADER_MS + BODY_MS - 50, `stalled body closed after ${at(slowBody)} ms`);
   t.equal(timeout408(slowBody), 408, 'stalled body: 408');
@@ -194,6 +194,14 @@ t.test('header, body and idle timeouts close held connections', async (t) => {
   t.equal(parseAnswers(busy.received).answers.length, 12, 'and got its 12 answers');
   t.equal((await answers(slowCall, 1))[0]?.body.toString(), `sleep:${IDLE_CLOSE_MS + 600}`, 'a call slower than the idle timeout is still answered');
   for (const p of [inTime, busy, slowCall]) p.destroy();
+});
+
+t.test('a peer that stops reading its answers is closed after the idle timeout', async (t) => {
+  const p = new RawPeer(stack.httpPort);
+  p.socket.pause(); // never read: ~36 MB of answers fill every buffer on the way (loopback buffers grow to 32 + 4 MB here)
+  const body = Buffer.alloc(60 * 1024, 'r');
+  for (let i = 0; i < 600; i++) p.write(post('/function/Bar', body));
+  t.ok(await p.closedWithin(IDLE_CLOSE_MS + 10_000), `closed after ${p.closedAt - p.openedAt} ms`);
 });
 
 t.test('header block size is bounded (431), up to it requests work', async (t) => {

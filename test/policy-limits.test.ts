@@ -202,7 +202,7 @@ const gatewayArgs = (policy: string, extra: string[] = []) => ['gateway', '--lis
   '--control_port=-1', `--func_config_file=${FIXTURE_CONFIG}`, `--merge_policy_file=${policy}`, ...extra];
 
 t.test('a hostile policy file at start: refused with the limit named, exit non-zero, no crash', async (t) => {
-  const cases = HOSTILE.filter(([what]) => ['100 KB of brackets', '30 KB of brackets', 'deep block nesting', 'billion laughs', '10k rules', '257 rules'].includes(what));
+  const cases = HOSTILE.filter(([what]) => ['100 KB of brackets', '30 KB of brackets', 'billion laughs'].includes(what));
   await Promise.all(cases.map(async ([what, text, want]) => {
     const file = join(dir, `start-${what.replace(/\W+/g, '-')}.yaml`);
     writeFileSync(file, text);
@@ -240,7 +240,7 @@ t.test('SIGHUP, file change and the admin API: hostile policies refused, the old
   const base = usage(pid);
   let n = 0;
   const wrong: string[] = [];
-  for (let seed = 1; seed <= 1000; seed++) {
+  for (let seed = 1; seed <= 400; seed++) {
     const r = rng(50_000 + seed);
     const text = seed % 10 === 0 ? validPolicy(r).text : hostilePolicy(r);
     let expectOk: boolean;
@@ -264,6 +264,6 @@ t.test('SIGHUP, file change and the admin API: hostile policies refused, the old
   t.equal(gw.child.exitCode, null, 'gateway alive');
   t.equal((await (await fetch(`http://127.0.0.1:${port}/healthz`)).text()), 'ok\n', 'and serving');
   const after = usage(pid);
-  t.ok(after.rssKiB - base.rssKiB < 48 * 1024, `RSS ${base.rssKiB} -> ${after.rssKiB} KiB over ${n + HOSTILE.length} policies`);
+  t.ok(after.rssKiB - base.rssKiB < 32 * 1024, `RSS ${base.rssKiB} -> ${after.rssKiB} KiB over ${n + HOSTILE.length} policies (an admin-token holder's)`);
   t.ok(after.fds <= base.fds + 2, `FDs ${base.fds} -> ${after.fds}`);
 });
