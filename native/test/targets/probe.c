@@ -30,3 +30,9 @@ int probe_crash(const char* arg) {
   volatile int* p = NULL;
   return *p;
 }
+
+/* probe_noop() returns 0: an entry that only proves the call came back. */
+int probe_noop(const char* arg) {
+  (void)arg;
+  return 0;
+}
