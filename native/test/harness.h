@@ -157,7 +157,9 @@ static __attribute__((unused)) int status_field(pid_t pid, pid_t tid, const char
     char* v = line + kl + 1;
     while (*v == ' ' || *v == '\t') v++;
     v[strcspn(v, "\n")] = '\0';
-    snprintf(out, len, "%s", v);
+    size_t n = strlen(v) < len - 1 ? strlen(v) : len - 1; /* values are short */
+    memcpy(out, v, n);
+    out[n] = '\0';
     rc = 0;
     break;
   }

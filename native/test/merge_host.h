@@ -20,10 +20,11 @@
 
 /* ---- the host side, as nightfuse-worker exports it ---- */
 __attribute__((visibility("default"))) _Atomic(nightfuse_route_fn) nightfuse_route_hook = NULL;
-static void* host_deferred[1 << 14];
-static int host_n_deferred;
+/* Per calling thread, as each worker call has its own output lifetime. */
+static __thread void* host_deferred[1024];
+static __thread int host_n_deferred;
 static atomic_int ipc_calls;
-static volatile int host_in_ipc; /* set while the host's own IPC code runs */
+static __thread volatile int host_in_ipc; /* set while the host's own IPC code runs */
 
 /* The IPC path: answers "ipc:<name>:<input>". A call to "HostCrash" faults
  * inside it (a bug in the host, not in a merged callee). */
@@ -161,13 +162,23 @@ static void* launcher_main(void* arg) {
   return NULL;
 }
 
-static __attribute__((unused)) int listen_control(void) {
-  snprintf(sock_path, sizeof sock_path, "/tmp/nf-merge-test-%d.sock", (int)getpid());
+static int listen_at(void) {
   unlink(sock_path);
   listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock_path);
   return bind(listen_fd, (struct sockaddr*)&addr, sizeof addr) || listen(listen_fd, 4) ? -1 : 0;
+}
+
+static __attribute__((unused)) int listen_control(void) {
+  snprintf(sock_path, sizeof sock_path, "/tmp/nf-merge-test-%d.sock", (int)getpid());
+  return listen_at();
+}
+
+/* Where a worker's runtime looks for it: <ipc root>/merge.sock. */
+static __attribute__((unused)) int listen_control_at(const char* ipc_root) {
+  if (snprintf(sock_path, sizeof sock_path, "%s/merge.sock", ipc_root) >= (int)sizeof sock_path) return -1;
+  return listen_at();
 }
 
 /* Accepts the runtime's connection (within timeout_ms); returns the pid in its HELLO, or -1. */
