@@ -18,6 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <x86intrin.h>
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
 
 #define ENAMETOOLONG_ 36
 #define FAULTED_JOIN_MS 1000
@@ -38,8 +41,8 @@ static callee* find_loaded(const char* name) {
 __attribute__((noinline)) static void guarded_destroy(callee* c, instance* in) {
   fault_frame f;
   nf_ensure_altstack();
-  if (_setjmp(f.env) != 0) {
-    nf_unblock_fault_signals();
+  if (sigsetjmp(f.env, 0) != 0) {
+    nf_after_fault_jump();
     return;
   }
   tls_frame = &f;
@@ -67,7 +70,12 @@ static int free_instances(callee* c) {
       in->has_thread = false;
     }
     if (in->handle && c->destroy) guarded_destroy(c, in);
-    if (in->stack_base) munmap((char*)in->stack_base - 4096, in->stack_size + 4096);
+    if (in->stack_base) {
+#ifdef __SANITIZE_ADDRESS__
+      ASAN_UNPOISON_MEMORY_REGION(in->stack_base, in->stack_size); /* a faulted callee's frames stay poisoned */
+#endif
+      munmap((char*)in->stack_base - 4096, in->stack_size + 4096);
+    }
     nf_release_deferred(in);
     free(in->defer);
     free(in->out);

@@ -24,6 +24,13 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define ALTSTACK_SIZE (64 * 1024)
 #define FAULT_ACK_WAIT_MS 1000
 
@@ -46,7 +53,7 @@ static void on_fault(int sig, siginfo_t* si, void* uctx) {
     f->signo = sig;
     f->addr = (uintptr_t)si->si_addr;
     f->pc = (uintptr_t)((ucontext_t*)uctx)->uc_mcontext.gregs[REG_RIP];
-    _longjmp(f->env, 1);
+    siglongjmp(f->env, 1);
   }
   /* Not ours: behave as if we were never here. */
   struct sigaction* old = &g_old[sig];
@@ -78,6 +85,7 @@ static void drop_altstack(void* p) {
   stack_t off = {.ss_flags = SS_DISABLE};
   stack_t cur;
   if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == p) sigaltstack(&off, NULL);
+  UNPOISON(p, ALTSTACK_SIZE);
   munmap(p, ALTSTACK_SIZE);
 }
 
@@ -100,6 +108,31 @@ void nf_release_altstack(void) {
   if (!p) return;
   pthread_setspecific(g_altstack_key, NULL);
   drop_altstack(p);
+}
+
+/*
+ * After a jump out of a faulting callee: frames it left below us (on this
+ * thread's stack, the handler's on the altstack) keep AddressSanitizer's
+ * redzone poison, which its longjmp handling cannot clear across stacks;
+ * stale, it would later flag memory mapped there. A no-op without ASan.
+ */
+void nf_after_fault_jump(void) {
+#ifdef __SANITIZE_ADDRESS__
+  char here;
+  pthread_attr_t a;
+  void* lo;
+  size_t sz;
+  if (pthread_getattr_np(pthread_self(), &a) == 0) {
+    if (pthread_attr_getstack(&a, &lo, &sz) == 0 && (uintptr_t)&here > (uintptr_t)lo + 256 &&
+        (uintptr_t)&here < (uintptr_t)lo + sz)
+      UNPOISON(lo, (uintptr_t)&here - (uintptr_t)lo - 256);
+    pthread_attr_destroy(&a);
+  }
+  pthread_once(&g_altstack_once, make_key);
+  void* alt = pthread_getspecific(g_altstack_key);
+  if (alt) UNPOISON(alt, ALTSTACK_SIZE);
+#endif
+  nf_unblock_fault_signals();
 }
 
 void nf_unblock_fault_signals(void) {

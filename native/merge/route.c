@@ -171,14 +171,14 @@ void* nf_callee_thread(void* p) {
     wait_for(&in->state, &in->callee_parked, CALLEE_SPIN_CYCLES, request_or_exit, &s);
     if (s == 3) break;
     volatile bool faulted = false;
-    if (_setjmp(f.env) == 0) {
+    if (sigsetjmp(f.env, 0) == 0) {
       tls_frame = &f;
       int rc = invoke_callee(in, in->req_method, in->req_in, in->req_len);
       tls_frame = NULL;
       nf_release_deferred(in);
       in->req_rc = rc;
     } else {
-      nf_unblock_fault_signals();
+      nf_after_fault_jump();
       in->thread_fault.signo = f.signo;
       in->thread_fault.addr = f.addr;
       in->thread_fault.pc = f.pc;
@@ -250,9 +250,9 @@ static instance* acquire(callee* c) {
 __attribute__((noinline)) static int run_guarded(instance* in, const char* method, const char* input, size_t len,
                                                  fault_frame* f) {
   fault_frame* volatile saved = tls_frame; /* a merged callee calling another merged callee */
-  if (_setjmp(f->env) != 0) {
+  if (sigsetjmp(f->env, 0) != 0) {
     tls_frame = saved;
-    nf_unblock_fault_signals();
+    nf_after_fault_jump();
     return -2;
   }
   tls_frame = f;

@@ -43,7 +43,7 @@ struct callee;
 
 /* Where a faulting callee jumps back to. */
 typedef struct {
-  jmp_buf env;
+  sigjmp_buf env; /* sigsetjmp(env, 0): no mask save (cheap); sanitizers follow siglongjmp out of a handler */
   volatile int signo;
   volatile uintptr_t addr, pc;
 } fault_frame;
@@ -127,6 +127,7 @@ void nf_install_handlers(void) NF_LOCAL;
 void nf_ensure_altstack(void) NF_LOCAL;
 void nf_release_altstack(void) NF_LOCAL;
 void nf_unblock_fault_signals(void) NF_LOCAL;
+void nf_after_fault_jump(void) NF_LOCAL;
 void nf_note_fault(callee* c, instance* in, const fault_frame* f) NF_LOCAL;
 void nf_fault_acked(uint32_t id) NF_LOCAL;
 long nf_futex(_Atomic uint32_t* addr, int op, uint32_t val, const struct timespec* timeout) NF_LOCAL;

@@ -144,9 +144,13 @@ __attribute__((constructor)) static void autostart(void) {
   if (!root || !find_host()) return;
   if (snprintf(g_socket_path, sizeof g_socket_path, "%s/merge.sock", root) >= (int)sizeof g_socket_path) return;
   if (access(g_socket_path, F_OK) != 0) return;
+  /* libc's own read (not an interposer's, e.g. a sanitizer's, which calls it). */
+  void* libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  void* libc_read = libc ? dlsym(libc, "read") : NULL;
+  if (libc) dlclose(libc);
   Dl_info info;
   const ElfW(Sym)* sym = NULL;
-  if (!dladdr1((void*)read, &info, (void**)&sym, RTLD_DL_SYMENT) || !sym || !info.dli_saddr) return;
+  if (!libc_read || !dladdr1(libc_read, &info, (void**)&sym, RTLD_DL_SYMENT) || !sym || !info.dli_saddr) return;
   g_read_lo = (uintptr_t)info.dli_saddr;
   g_read_hi = g_read_lo + sym->st_size;
   struct sigaction sa;

@@ -47,16 +47,21 @@ static __attribute__((unused)) double now_ms(void) {
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* The build directory: argv[1] if it has libprobe.so, else where this binary lives (<build>/test/x). */
+/* The build directory: argv[1] when it is one (has libprobe.so), else the one
+ * this binary was built into (<build>/test/<name>): a sanitizer build's tests
+ * must load that build's libraries, never the plain ones. */
 static __attribute__((unused)) void find_build_dir(int argc, char** argv) {
-  snprintf(dir, sizeof dir, "%s", argc > 1 && argv[1][0] != '-' && !strstr(argv[1], "golden") ? argv[1] : "native/build");
-  char probe[1100];
-  snprintf(probe, sizeof probe, "%s/libprobe.so", dir);
-  if (access(probe, R_OK) == 0) return;
+  if (argc > 1 && argv[1][0] != '-') {
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/libprobe.so", argv[1]);
+    if (access(probe, R_OK) == 0) {
+      snprintf(dir, sizeof dir, "%s", argv[1]);
+      return;
+    }
+  }
   char self[1024];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) return;
-  self[n] = '\0';
+  self[n > 0 ? n : 0] = '\0';
   for (int i = 0; i < 2; i++) {
     char* slash = strrchr(self, '/');
     if (slash) *slash = '\0';

@@ -28,8 +28,8 @@ static __thread volatile int host_in_ipc; /* set while the host's own IPC code r
 
 /* The IPC path: answers "ipc:<name>:<input>". A call to "HostCrash" faults
  * inside it (a bug in the host, not in a merged callee). */
-__attribute__((visibility("default"))) int nightfuse_host_invoke_ipc(const char* name, const char* in, size_t len,
-                                                                     const char** out, size_t* out_len) {
+__attribute__((visibility("default"), no_sanitize("undefined"))) int nightfuse_host_invoke_ipc(
+    const char* name, const char* in, size_t len, const char** out, size_t* out_len) {
   host_in_ipc = 1;
   atomic_fetch_add(&ipc_calls, 1);
   if (strcmp(name, "HostCrash") == 0) {

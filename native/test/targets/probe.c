@@ -25,7 +25,8 @@ int probe_fail(const char* arg) {
   (void)arg;
   return 7;
 }
-int probe_crash(const char* arg) {
+/* A real fault, not a sanitizer report: the injector must see the SIGSEGV. */
+__attribute__((no_sanitize("undefined"))) int probe_crash(const char* arg) {
   (void)arg;
   volatile int* p = NULL;
   return *p;
