@@ -65,12 +65,12 @@ static void test_ctor_wait(void) {
   CHECK(start_target_fd("target_hazard", "ctorwait", lib, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
         "start a target whose thread sits in futex inside dlopen (a constructor waiting for a contended mutex)");
   int ok = 0;
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 5; i++) {
     nf_inject_report r;
     if (inject_t(t.pid, probe, "probe_noop", "", 50, 1000, &r) == 0 && r.ok) ok++;
     else printf("# ctorwait #%d: %s\n", i, r.error);
   }
-  CHECK(ok == 3, "3 of 3 injections succeed while the loader lock is held by a thread waiting on a mutex (%d)", ok);
+  CHECK(ok == 5, "5 of 5 injections succeed while the loader lock is held by a thread waiting on a mutex (%d)", ok);
   loader_free(&t, "ctorwait target");
   healthy(&t, "ctorwait target");
   stop_target(&t);
@@ -81,22 +81,29 @@ static void test_timeout(void) {
   char lib[1200];
   snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
   target t;
-  CHECK(start_target_fd("target_hazard", "ctorwait", lib, "400", -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
-        "start a target whose loader lock stays held 400 ms at a time");
-  usleep(30000);
+  CHECK(start_target_fd("target_hazard", "ctorhold", lib, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
+        "start a target whose loader lock stays held until told");
   nf_inject_report r;
   unlink(out_path);
   double t0 = now_ms();
   int rc = inject_t(t.pid, probe, "probe_entry", out_path, 50, 100, &r);
   double took = now_ms() - t0;
-  CHECK(rc != 0 && r.left_running && !r.damaged && strstr(r.error, "left to finish"),
+  CHECK(rc != 0 && r.left_running && !r.damaged && r.thread_used == t.pid && strstr(r.error, "left to finish"),
         "a dlopen blocked past the 100 ms timeout is left to finish, not abandoned (%.0f ms): %s", took, r.error);
   CHECK(!strstr(r.error, "restored"), "and the report does not claim the target was restored");
   pid_t first = 0;
   CHECK(traced_threads(t.pid, &first) == 0, "nothing traced when nf_inject returns (first %d)", first);
-  char answer[64] = "";
-  CHECK(ask(&t, "hello", answer, sizeof answer, 3000) == 0 && strcmp(answer, "echo hello") == 0,
-        "once the loader lock comes free, the main thread finishes the call, restores itself and reads again: %s", answer);
+  char a[64] = "", b[64] = "", answer[64] = "";
+  ask(&t, "count", a, sizeof a, 2000);
+  usleep(30000);
+  ask(&t, "count", b, sizeof b, 2000);
+  CHECK(strcmp(a, b) == 0 && a[0], "meanwhile the main thread is still inside the call (%s, %s)", a, b);
+  CHECK(ask(&t, "release", answer, sizeof answer, 2000) == 0, "the loader lock comes free");
+  for (int i = 0; i < 100 && strcmp(a, b) == 0; i++) {
+    usleep(20000);
+    ask(&t, "count", b, sizeof b, 2000);
+  }
+  CHECK(strcmp(a, b) != 0 && strncmp(b, "count ", 6) == 0, "then the main thread finishes the call, restores itself and goes on (%s -> %s)", a, b);
   loader_free(&t, "after a call left running");
   healthy(&t, "after a call left running");
   stop_target(&t);
@@ -181,8 +188,25 @@ typedef struct {
   int sig2, delay2_ms;
 } delayed_signal;
 
+/* Waits (2 s at most) until the target's main thread sleeps in the injected entry. */
+static void wait_in_entry(pid_t pid) {
+  char path[64], buf[64];
+  snprintf(path, sizeof path, "/proc/%d/syscall", pid);
+  for (int i = 0; i < 2000; i++) {
+    FILE* f = fopen(path, "r");
+    int in = 0;
+    if (f) {
+      in = fgets(buf, sizeof buf, f) && (strncmp(buf, "230 ", 4) == 0 || strncmp(buf, "35 ", 3) == 0); /* clock_nanosleep, nanosleep */
+      fclose(f);
+    }
+    if (in) return;
+    usleep(1000);
+  }
+}
+
 static void* send_later(void* p) {
   delayed_signal* d = p;
+  wait_in_entry(d->pid);
   usleep((useconds_t)d->delay_ms * 1000);
   if (d->tid) syscall(SYS_tgkill, d->pid, d->tid, d->sig);
   else kill(d->pid, d->sig);
@@ -199,11 +223,11 @@ static int counts(target* t, int* usr1, int* cont, int* rt, int* errors) {
   return sscanf(a, "usr1 %d cont %d rt %d errors %d", usr1, cont, rt, errors) == 4 ? 0 : -1;
 }
 
-/* Injects with an entry that sleeps 60 ms while `d` sends its signal(s). */
+/* Injects with an entry that sleeps 100 ms while `d` sends its signal(s) into it. */
 static int inject_with_signal(target* t, delayed_signal* d, nf_inject_report* r) {
   pthread_t th;
   pthread_create(&th, NULL, send_later, d);
-  int rc = inject_t(t->pid, probe, "probe_sleep", "60", 50, 2000, r);
+  int rc = inject_t(t->pid, probe, "probe_sleep", "100", 50, 2000, r);
   pthread_join(th, NULL);
   return rc;
 }
@@ -218,14 +242,14 @@ static void test_signals(void) {
 
   /* SIGUSR1 to the very thread the calls run on, mid-call. */
   counts(&t, &u0, &c0, &rt0, &e0);
-  delayed_signal d1 = {t.pid, t.pid, SIGUSR1, 20, 0, 0};
+  delayed_signal d1 = {t.pid, t.pid, SIGUSR1, 5, 0, 0};
   CHECK(inject_with_signal(&t, &d1, &r) == 0, "inject while SIGUSR1 is sent to its thread: %s", r.error);
   usleep(20000);
   counts(&t, &u1, &c1, &rt1, &e1);
   CHECK(u1 == u0 + 1 && e1 == 0, "SIGUSR1 delivered once, after; read(2) restarted (usr1 %d -> %d, errors %d)", u0, u1, e1);
 
   /* SIGSTOP mid-call: the process ends stopped, as it would have. */
-  delayed_signal d2 = {t.pid, 0, SIGSTOP, 20, 0, 0};
+  delayed_signal d2 = {t.pid, 0, SIGSTOP, 5, 0, 0};
   CHECK(inject_with_signal(&t, &d2, &r) == 0, "inject while SIGSTOP arrives: %s", r.error);
   usleep(20000);
   char st = state_of(t.pid);
@@ -238,7 +262,7 @@ static void test_signals(void) {
   healthy(&t, "after SIGSTOP/SIGCONT");
 
   /* SIGSTOP then SIGCONT, both mid-call: it ends running, the handler ran once. */
-  delayed_signal d3 = {t.pid, 0, SIGSTOP, 10, SIGCONT, 20};
+  delayed_signal d3 = {t.pid, 0, SIGSTOP, 5, SIGCONT, 10};
   CHECK(inject_with_signal(&t, &d3, &r) == 0, "inject while SIGSTOP and SIGCONT arrive: %s", r.error);
   usleep(20000);
   counts(&t, &u1, &c1, &rt1, &e1);

@@ -5,6 +5,10 @@
  *                     constructor waits for target_mu, which another thread
  *                     holds ms (20) at a time: the loader's lock is held while
  *                     waiting in futex
+ *   ctorhold <lib>    the loader lock stays held (a thread's dlopen of <lib>
+ *                     waits in the constructor for target_mu, held) until the
+ *                     command "release"; main ticks in nanosleep, "count"
+ *                     says how often; commands come on a thread of their own
  *   busy              main spins in user code; a thread loops malloc(2 MiB)
  *                     (mmap under the arena lock), another writes lines to fd 3
  *                     through stdio (write under the FILE lock); a last thread
@@ -54,8 +58,28 @@ static void* ctor_loader(void* a) {
     void* h = dlopen(ctor_lib, RTLD_NOW | RTLD_LOCAL);
     if (h) dlclose(h);
     atomic_fetch_add(&progress, 1);
-    sleep_ms(2); /* else it takes the loader lock back at once, and others starve */
+    sleep_ms(10); /* else it takes the loader lock back at once, and others starve */
   }
+  return NULL;
+}
+
+static pthread_mutex_t release_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t release_cv = PTHREAD_COND_INITIALIZER;
+static int released;
+
+static void* hold_until_released(void* a) {
+  (void)a;
+  pthread_mutex_lock(&release_mu);
+  while (!released) pthread_cond_wait(&release_cv, &release_mu);
+  pthread_mutex_unlock(&release_mu);
+  pthread_mutex_unlock(&target_mu);
+  return NULL;
+}
+
+static void* load_once(void* a) {
+  (void)a;
+  void* h = dlopen(ctor_lib, RTLD_NOW | RTLD_LOCAL);
+  if (h) dlclose(h);
   return NULL;
 }
 
@@ -82,6 +106,14 @@ static void* logger(void* a) {
 }
 
 static int on_command(const char* line) {
+  if (strcmp(line, "release") == 0) {
+    pthread_mutex_lock(&release_mu);
+    released = 1;
+    pthread_cond_broadcast(&release_cv);
+    pthread_mutex_unlock(&release_mu);
+    say("released");
+    return 1;
+  }
   if (strcmp(line, "count") != 0) return 0;
   say("count %ld", atomic_load(&progress));
   return 1;
@@ -110,6 +142,17 @@ int main(int argc, char** argv) {
     if (argc > 3) hold_ms = atol(argv[3]);
     start(holder);
     start(ctor_loader);
+  } else if (strcmp(mode, "ctorhold") == 0 && argc > 2) {
+    ctor_lib = argv[2];
+    pthread_mutex_lock(&target_mu); /* handed to the holder thread below: released on "release" */
+    start(hold_until_released);
+    start(load_once);
+    sleep_ms(50); /* its dlopen is in the constructor now, holding the loader lock */
+    start(commands);
+    for (;;) {
+      sleep_ms(1);
+      atomic_fetch_add(&progress, 1);
+    }
   } else if (strcmp(mode, "busy") == 0) {
     target_log = fdopen(3, "w");
     if (!target_log) return 3;
