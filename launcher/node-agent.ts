@@ -75,6 +75,8 @@ export class Worker {
   handshakeTimer: NodeJS.Timeout | undefined;
   /** held out of dispatch (injection in progress); `heldWaiter` resolves once it is idle */
   held = false;
+  /** possibly damaged (a merged callee faulted in it): out of dispatch for good, stopped once its call is done */
+  retiring: string | undefined;
   heldWaiter: (() => void) | undefined;
   readonly startedAt = Date.now();
   constructor(
@@ -86,9 +88,9 @@ export class Worker {
   get pid(): number {
     return this.proc.pid;
   }
-  /** handshaken and alive: it can take calls (or is taking one) */
+  /** handshaken, alive and not being retired: it can take calls (or is taking one) */
   get ready(): boolean {
-    return this.state === 'idle' || this.state === 'busy';
+    return (this.state === 'idle' || this.state === 'busy') && !this.retiring;
   }
 }
 
@@ -121,9 +123,10 @@ export class FunctionPool {
     const m = this.entry.maxWorkers;
     return m === undefined || m <= 0 ? Infinity : m;
   }
+  /** workers that are or will be capacity (a retiring one is not) */
   get live(): number {
     let n = 0;
-    for (const w of this.workers.values()) if (w.state !== 'dead') n++;
+    for (const w of this.workers.values()) if (w.state !== 'dead' && !w.retiring) n++;
     return n;
   }
   get starting(): number {
@@ -152,7 +155,7 @@ export class FunctionPool {
     for (;;) {
       const w = this.idle.pop();
       if (!w) return undefined;
-      if (w.state === 'idle' && !w.held) return w; // a held worker is pushed back when released
+      if (w.state === 'idle' && !w.held && !w.retiring) return w; // a held worker is pushed back when released
     }
   }
   get runnable(): boolean {
@@ -388,6 +391,7 @@ export class NodeAgent {
     // Results of this worker's own nested calls have nowhere to go; finish() cleans them up.
     this.onWorkerExit?.(w);
     if (this.stopping) return;
+    if (w.retiring) return void this.ensureCapacity(pool); // replaced on purpose, not a crash
     pool.counters.restarts++;
     const quick = Date.now() - w.startedAt < 1000 || !wasReady;
     pool.crashStreak = quick ? pool.crashStreak + 1 : 0;
@@ -438,6 +442,11 @@ export class NodeAgent {
   /** A worker became free: give it the oldest queued call, or park it. */
   private releaseWorker(w: Worker): void {
     if (w.state === 'dead') return;
+    if (w.retiring) {
+      w.state = 'idle';
+      this.stopRetired(w);
+      return;
+    }
     if (w.held) {
       w.state = 'idle';
       const waiter = w.heldWaiter;
@@ -624,6 +633,30 @@ export class NodeAgent {
       w.held = false;
       this.releaseWorker(w);
     };
+  }
+
+  /**
+   * Drains and replaces a worker that may be damaged: a replacement starts
+   * now, no call is dispatched to it any more, its current call (if any) may
+   * finish (within `drainMs`), then it is stopped. No call fails because of it.
+   */
+  retireWorker(w: Worker, reason: string, drainMs = 10000): void {
+    if (w.retiring || w.state === 'dead') return;
+    w.retiring = reason;
+    this.log.warn({ func: w.pool.entry.funcName, clientId: w.clientId, pid: w.pid, reason, busy: w.state === 'busy' }, 'retiring a possibly damaged worker; starting its replacement');
+    this.ensureCapacity(w.pool);
+    if (w.state !== 'busy' && w.state !== 'starting' && !w.heldWaiter) this.stopRetired(w);
+    // A call that cannot finish (the damage may be a lock held forever) ends with the worker.
+    const drain = setTimeout(() => this.workerDead(w, `retired (${reason}): its call did not finish within ${drainMs} ms`), drainMs);
+    drain.unref();
+    void w.proc.exited.then(() => clearTimeout(drain));
+  }
+
+  private stopRetired(w: Worker): void {
+    w.proc.kill('SIGTERM');
+    const kill = setTimeout(() => w.proc.kill('SIGKILL'), 2000);
+    kill.unref();
+    void w.proc.exited.then(() => clearTimeout(kill));
   }
 
   workerByClientId(clientId: number): Worker | undefined {
