@@ -73,6 +73,8 @@ typedef struct {
   uint64_t l_ld; /* the loaded library's dynamic section, for same_file */
   double stop_started;
   int rc;
+  bool done;          /* the tracer finished this job */
+  bool tracer_exits;  /* ... and exits, to detach a tracee that would not stop */
 } job;
 
 static const uint64_t SYNC_SIGNALS = 1ull << (SIGSEGV - 1) | 1ull << (SIGBUS - 1) | 1ull << (SIGFPE - 1) |
@@ -91,6 +93,7 @@ static int try_thread(job* j, pid_t tid, bool allow_user) {
                    tid, j->pid, strerror(errno));
   }
   t->tid = tid;
+  t0 = nf_now_us(); /* the thread stops from here on (seizing stops nothing) */
   if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) != 0) return nf_fail(rep, "PTRACE_INTERRUPT %d: %s", tid, strerror(errno));
   for (;;) {
     stop_t st;
@@ -127,6 +130,7 @@ static int try_thread(job* j, pid_t tid, bool allow_user) {
   t->stopped = true;
   struct user_regs_struct r;
   if (ptrace(PTRACE_GETREGS, tid, 0, &r) != 0) return nf_fail(rep, "cannot read registers of %d: %s", tid, strerror(errno));
+  j->s.regs = r;
   bool in_syscall = (long long)r.orig_rax >= 0;
   if ((in_syscall && nf_syscall_is_idle_wait((long)r.orig_rax, (long)r.rsi)) || (!in_syscall && allow_user)) {
     rep->attach_us = nf_now_us() - t0;
@@ -240,9 +244,20 @@ static int run_calls(job* j) {
   uint64_t a_entry = a_lib + lib_len, a_arg = a_entry + entry_len;
   t->frame = (a_lib - nf_frame_size(s)) & ~0xFull;
   t->sp = t->frame - 8;
-  if (put(j->pid, a_lib, j->library, lib_len) || put(j->pid, a_entry, entry, entry_len) || put(j->pid, a_arg, arg, arg_len) ||
-      (t->gad.restore_rt && nf_write_restore_frame(t, s) != 0))
-    return nf_fail(rep, "cannot write to the target's stack: %s", strerror(errno));
+  /* One write: the return slot (the trap), the frame area (left for a
+   * self-restore frame, written only if a call outlives its timeout), the strings. */
+  size_t span = (size_t)(a_arg + arg_len - t->sp);
+  uint8_t* img = calloc(1, span);
+  if (!img) return nf_fail(rep, "out of memory");
+  uint64_t ra = t->trap_sig == SIGTRAP ? t->gad.int3 : 0;
+  memcpy(img, &ra, 8);
+  memcpy(img + (a_lib - t->sp), j->library, lib_len);
+  memcpy(img + (a_entry - t->sp), entry, entry_len);
+  memcpy(img + (a_arg - t->sp), arg, arg_len);
+  int wrote = put(j->pid, t->sp, (const char*)img, span);
+  free(img);
+  if (wrote != 0) return nf_fail(rep, "cannot write to the target's stack: %s", strerror(errno));
+  t->ra_written = true;
   uint64_t mask = ~SYNC_SIGNALS;
   if (ptrace(PTRACE_SETSIGMASK, t->tid, (void*)sizeof mask, &mask) != 0) return nf_fail(rep, "PTRACE_SETSIGMASK: %s", strerror(errno));
 
@@ -332,6 +347,79 @@ out:
   return NULL; /* exiting detaches anything still attached (exit_ptrace) */
 }
 
+/*
+ * The tracer thread. ptrace ties tracees to the thread that attached, and
+ * the caller's thread (a thread pool's) outlives the call: so the work runs on
+ * a tracer thread of our own. It is kept for the next injection (starting one
+ * costs more than an injection's stopped window) unless a tracee could not
+ * be detached (it never stopped): then it exits, which detaches it, and
+ * nf_inject joins it before returning. A second concurrent call gets a
+ * thread of its own for the duration.
+ */
+static pthread_mutex_t g_tracer_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_tracer_cv = PTHREAD_COND_INITIALIZER;
+static pthread_t g_tracer;
+static pid_t g_tracer_owner; /* the process it belongs to (a forked child has none) */
+static bool g_tracer_alive, g_tracer_busy;
+static job* g_tracer_job;
+
+static bool leaves_tracees(const job* j) { return j->t.tid != 0 || j->t.n_clones > 0; }
+
+static void* tracer_loop(void* arg) {
+  (void)arg;
+  pthread_mutex_lock(&g_tracer_mu);
+  for (;;) {
+    while (!g_tracer_job) pthread_cond_wait(&g_tracer_cv, &g_tracer_mu);
+    job* j = g_tracer_job;
+    g_tracer_job = NULL;
+    pthread_mutex_unlock(&g_tracer_mu);
+    tracer_main(j);
+    pthread_mutex_lock(&g_tracer_mu);
+    j->tracer_exits = leaves_tracees(j);
+    j->done = true;
+    pthread_cond_broadcast(&g_tracer_cv);
+    if (j->tracer_exits) {
+      pthread_mutex_unlock(&g_tracer_mu);
+      return NULL; /* exit_ptrace detaches what is left */
+    }
+  }
+}
+
+static int run_traced(job* j) {
+  pthread_mutex_lock(&g_tracer_mu);
+  if (g_tracer_owner != getpid()) { /* forked since: that thread is not ours */
+    g_tracer_alive = g_tracer_busy = false;
+    g_tracer_job = NULL;
+    g_tracer_owner = getpid();
+  }
+  if (g_tracer_busy) {
+    pthread_mutex_unlock(&g_tracer_mu);
+    pthread_t t;
+    int e = pthread_create(&t, NULL, tracer_main, j);
+    if (e == 0) pthread_join(t, NULL);
+    return e;
+  }
+  if (!g_tracer_alive) {
+    int e = pthread_create(&g_tracer, NULL, tracer_loop, NULL);
+    if (e) {
+      pthread_mutex_unlock(&g_tracer_mu);
+      return e;
+    }
+    g_tracer_alive = true;
+  }
+  g_tracer_busy = true;
+  g_tracer_job = j;
+  pthread_cond_broadcast(&g_tracer_cv);
+  while (!j->done) pthread_cond_wait(&g_tracer_cv, &g_tracer_mu);
+  if (j->tracer_exits) {
+    pthread_join(g_tracer, NULL);
+    g_tracer_alive = false;
+  }
+  g_tracer_busy = false;
+  pthread_mutex_unlock(&g_tracer_mu);
+  return 0;
+}
+
 /* ------------------------------------------------------------------ API */
 
 static bool ignored(uint64_t ign, int sig) { return (ign >> (sig - 1)) & 1; }
@@ -418,10 +506,8 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
     }
   }
 
-  pthread_t tracer;
-  int e = pthread_create(&tracer, NULL, tracer_main, j);
+  int e = run_traced(j);
   if (e) { nf_fail(rep, "cannot start the tracer thread: %s", strerror(e)); goto out; }
-  pthread_join(tracer, NULL);
   rc = j->rc;
   if (rep->handle && !rep->target_exited) {
     uint64_t dev, ino;

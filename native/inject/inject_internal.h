@@ -117,6 +117,7 @@ typedef struct {
   uint64_t trap_rip;         /* rip at the trap stop */
   uint64_t sp;               /* return-address slot of every remote call */
   uint64_t frame;            /* self-restore frame (sp + 8): a sigreturn frame */
+  bool ra_written;           /* the trap return address is in the slot at sp */
   siginfo_t held[MAX_HELD_SIGNALS]; /* trap-class signals sent to the thread during a call */
   int n_held;
   pid_t clones[MAX_CLONES];  /* threads auto-attached by PTRACE_O_TRACECLONE, not yet detached */
@@ -124,6 +125,7 @@ typedef struct {
 } tracee;
 
 int nf_wait_stop(tracee* t, pid_t tid, double deadline, stop_t* st) NF_HIDDEN;
+/* Saves registers (s->regs already read), FP/vector state and the signal mask. */
 int nf_save_state(pid_t tid, saved_state* s) NF_HIDDEN;
 int nf_restore_state(pid_t tid, const saved_state* s) NF_HIDDEN;
 /* Bytes the self-restore frame needs above the return slot. */

@@ -124,11 +124,12 @@ int nf_wait_stop(tracee* t, pid_t tid, double deadline, stop_t* st) {
 }
 
 int nf_save_state(pid_t tid, saved_state* s) {
-  if (ptrace(PTRACE_GETREGS, tid, 0, &s->regs) != 0) return -1;
   struct iovec iov = {s->xstate, sizeof s->xstate};
   s->have_xstate = ptrace(PTRACE_GETREGSET, tid, (void*)NT_X86_XSTATE, &iov) == 0;
   s->xstate_len = s->have_xstate ? iov.iov_len : 0;
-  s->have_fpregs = ptrace(PTRACE_GETFPREGS, tid, 0, &s->fpregs) == 0;
+  /* Without XSAVE: the legacy FXSAVE area (with it, its first 512 bytes are that). */
+  if (!s->have_xstate) s->have_fpregs = ptrace(PTRACE_GETFPREGS, tid, 0, &s->fpregs) == 0;
+  else memcpy(&s->fpregs, s->xstate, sizeof s->fpregs), s->have_fpregs = 1;
   if (ptrace(PTRACE_GETSIGMASK, tid, (void*)sizeof s->sigmask, &s->sigmask) != 0) return -1;
   return 0;
 }
@@ -260,7 +261,8 @@ static void deliver_held_after_detach(tracee* t) {
  */
 static call_result leave_running(tracee* t, const saved_state* s, const char* what, int timeout_ms, uint64_t* ret) {
   nf_inject_report* rep = t->rep;
-  uint64_t rrt = t->gad.restore_rt;
+  /* The frame lies above the return slot, which the running call never touches: written now, stopped or not. */
+  uint64_t rrt = t->gad.restore_rt && nf_write_restore_frame(t, s) == 0 ? t->gad.restore_rt : 0;
   ptrace(PTRACE_INTERRUPT, t->tid, 0, 0);
   double deadline = nf_now_us() + 1e6;
   for (;;) {
@@ -324,7 +326,8 @@ call_result nf_remote_call(tracee* t, const saved_state* s, uint64_t fn, const u
                            uint64_t* ret, const char* what) {
   nf_inject_report* rep = t->rep;
   uint64_t ra = t->trap_sig == SIGTRAP ? t->gad.int3 : 0;
-  if (poke(t->pid, t->sp, &ra, 8)) return nf_fail(rep, "%s: cannot write the target's stack: %s", what, strerror(errno)), CALL_ERROR;
+  if (!t->ra_written && poke(t->pid, t->sp, &ra, 8)) return nf_fail(rep, "%s: cannot write the target's stack: %s", what, strerror(errno)), CALL_ERROR;
+  t->ra_written = true;
   struct user_regs_struct regs = s->regs;
   regs.rip = fn;
   regs.rdi = a[0];

@@ -40,6 +40,7 @@ static _Atomic int g_handlers_installed;
 static pthread_key_t g_altstack_key;
 static pthread_once_t g_altstack_once = PTHREAD_ONCE_INIT;
 static _Atomic uint32_t g_fault_seq;
+__thread bool tls_altstack_done __attribute__((tls_model("initial-exec")));
 _Atomic uint32_t g_fault_acked;
 
 long nf_futex(_Atomic uint32_t* addr, int op, uint32_t val, const struct timespec* timeout) {
@@ -91,7 +92,8 @@ static void drop_altstack(void* p) {
 
 static void make_key(void) { pthread_key_create(&g_altstack_key, drop_altstack); }
 
-void nf_ensure_altstack(void) {
+void nf_ensure_altstack_slow(void) {
+  tls_altstack_done = true;
   pthread_once(&g_altstack_once, make_key);
   if (pthread_getspecific(g_altstack_key)) return;
   stack_t cur;
@@ -105,6 +107,7 @@ void nf_ensure_altstack(void) {
 void nf_release_altstack(void) {
   pthread_once(&g_altstack_once, make_key);
   void* p = pthread_getspecific(g_altstack_key);
+  tls_altstack_done = false;
   if (!p) return;
   pthread_setspecific(g_altstack_key, NULL);
   drop_altstack(p);

@@ -124,7 +124,12 @@ extern __thread fault_frame* tls_frame __attribute__((tls_model("initial-exec"))
 
 /* faults.c */
 void nf_install_handlers(void) NF_LOCAL;
-void nf_ensure_altstack(void) NF_LOCAL;
+void nf_ensure_altstack_slow(void) NF_LOCAL;
+extern __thread bool tls_altstack_done __attribute__((tls_model("initial-exec"))) NF_LOCAL;
+/* An alternate signal stack for this thread (the check is on every merged call: inline). */
+static inline void nf_ensure_altstack(void) {
+  if (__builtin_expect(!tls_altstack_done, 0)) nf_ensure_altstack_slow();
+}
 void nf_release_altstack(void) NF_LOCAL;
 void nf_unblock_fault_signals(void) NF_LOCAL;
 void nf_after_fault_jump(void) NF_LOCAL;

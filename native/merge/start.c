@@ -119,6 +119,36 @@ static void disarm_start_signal(void) {
   if (atomic_exchange(&g_urg_armed, 0)) sigaction(SIGURG, &g_old_urg, NULL);
 }
 
+#pragma weak _dl_find_object
+
+/* The size of function `name` at `fn`, from its library's GNU hash table (a
+ * dladdr would scan every symbol of libc, inside the injector's call). */
+static size_t function_size(void* fn, const char* name) {
+  struct dl_find_object fo;
+  if (!_dl_find_object || _dl_find_object(fn, &fo) != 0 || !fo.dlfo_link_map) return 0;
+  const ElfW(Sym)* symtab = NULL;
+  const char* strtab = NULL;
+  const uint32_t* gnu = NULL;
+  for (const ElfW(Dyn)* d = fo.dlfo_link_map->l_ld; d->d_tag != DT_NULL; d++) {
+    if (d->d_tag == DT_SYMTAB) symtab = (const ElfW(Sym)*)d->d_un.d_ptr;
+    else if (d->d_tag == DT_STRTAB) strtab = (const char*)d->d_un.d_ptr;
+    else if (d->d_tag == DT_GNU_HASH) gnu = (const uint32_t*)d->d_un.d_ptr;
+  }
+  if (!symtab || !strtab || !gnu || gnu[0] == 0) return 0; /* (libc's dynamic section is relocated in place) */
+  uint32_t h = 5381;
+  for (const char* c = name; *c; c++) h = h * 33 + (uint8_t)*c;
+  const uint32_t* buckets = gnu + 4 + gnu[2] * (sizeof(ElfW(Addr)) / 4);
+  const uint32_t* chain = buckets + gnu[0];
+  for (uint32_t i = buckets[h % gnu[0]]; i >= gnu[1]; i++) {
+    const ElfW(Sym)* sym = &symtab[i];
+    if ((chain[i - gnu[1]] | 1) == (h | 1) && strcmp(strtab + sym->st_name, name) == 0 &&
+        (uintptr_t)fo.dlfo_link_map->l_addr + sym->st_value == (uintptr_t)fn)
+      return sym->st_size;
+    if (chain[i - gnu[1]] & 1) break;
+  }
+  return 0;
+}
+
 static bool interrupted_in_read(const ucontext_t* uc) {
   uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
   if (uc->uc_mcontext.gregs[REG_RAX] != SYS_read || pc < g_read_lo || pc + 2 > g_read_hi) return false;
@@ -144,15 +174,18 @@ __attribute__((constructor)) static void autostart(void) {
   if (!root || !find_host()) return;
   if (snprintf(g_socket_path, sizeof g_socket_path, "%s/merge.sock", root) >= (int)sizeof g_socket_path) return;
   if (access(g_socket_path, F_OK) != 0) return;
-  /* libc's own read (not an interposer's, e.g. a sanitizer's, which calls it). */
+#ifdef __SANITIZE_ADDRESS__
+  /* libc's own read, not the sanitizer's interceptor (which calls it). */
   void* libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
   void* libc_read = libc ? dlsym(libc, "read") : NULL;
   if (libc) dlclose(libc);
-  Dl_info info;
-  const ElfW(Sym)* sym = NULL;
-  if (!libc_read || !dladdr1(libc_read, &info, (void**)&sym, RTLD_DL_SYMENT) || !sym || !info.dli_saddr) return;
-  g_read_lo = (uintptr_t)info.dli_saddr;
-  g_read_hi = g_read_lo + sym->st_size;
+#else
+  void* libc_read = (void*)read; /* this runs inside the injector's call: keep it to one lookup */
+#endif
+  size_t size = libc_read ? function_size(libc_read, "read") : 0;
+  if (!size) return;
+  g_read_lo = (uintptr_t)libc_read;
+  g_read_hi = g_read_lo + size;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_start_signal;
