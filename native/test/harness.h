@@ -207,6 +207,17 @@ static __attribute__((unused)) char thread_state_of(pid_t pid, pid_t tid) {
   return status_field(pid, tid, "State", v, sizeof v) == 0 ? v[0] : '?';
 }
 
+/* Entries of a /proc directory (task/, fd/): what a leak test counts. */
+static __attribute__((unused)) int count_entries(const char* path) {
+  DIR* d = opendir(path);
+  int n = 0;
+  struct dirent* e;
+  while (d && (e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  if (d) closedir(d);
+  return n;
+}
+
 static __attribute__((unused)) int file_has(const char* path, const char* want) {
   char buf[128] = "";
   FILE* f = fopen(path, "r");

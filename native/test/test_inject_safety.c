@@ -41,39 +41,29 @@ static void loader_free(target* t, const char* what) {
 
 /* ---------------------------------------------- item 1: lock-holding threads */
 
-static void test_mallinfo(void) {
+/* Starts a target_hazard mode (arguments a1, a2), injects n times, and checks it came through whole. */
+static void hazard(const char* mode, const char* a1, const char* what, const char* entry, int timeout_ms, int n) {
   target t;
-  CHECK(start_target_fd("target_hazard", "mallinfo", NULL, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
-        "start a target whose thread loops mallinfo2() with one arena");
+  CHECK(start_target_fd("target_hazard", mode, a1, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0, "start a target whose %s", what);
   int ok = 0;
-  for (int i = 0; i < 5; i++) {
+  for (int i = 0; i < n; i++) {
     nf_inject_report r;
     unlink(out_path);
-    if (inject_t(t.pid, probe, "probe_entry", out_path, 50, 500, &r) == 0 && r.ok) ok++;
-    else printf("# mallinfo #%d: %s\n", i, r.error);
+    if (inject_t(t.pid, probe, entry, out_path, 50, timeout_ms, &r) == 0 && r.ok) ok++;
+    else printf("# %s #%d: %s\n", mode, i, r.error);
   }
-  CHECK(ok == 5, "5 of 5 injections succeed while another thread holds the malloc lock in turns (%d)", ok);
-  loader_free(&t, "mallinfo2 target");
-  healthy(&t, "mallinfo2 target");
+  CHECK(ok == n, "%d of %d injections succeed while the target's %s (%d)", n, n, what, ok);
+  loader_free(&t, mode);
+  healthy(&t, mode);
   stop_target(&t);
 }
+
+static void test_mallinfo(void) { hazard("mallinfo", NULL, "thread loops mallinfo2() with one arena (holding the malloc lock in turns)", "probe_entry", 500, 5); }
 
 static void test_ctor_wait(void) {
   char lib[1200];
   snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
-  target t;
-  CHECK(start_target_fd("target_hazard", "ctorwait", lib, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
-        "start a target whose thread sits in futex inside dlopen (a constructor waiting for a contended mutex)");
-  int ok = 0;
-  for (int i = 0; i < 5; i++) {
-    nf_inject_report r;
-    if (inject_t(t.pid, probe, "probe_noop", "", 50, 1000, &r) == 0 && r.ok) ok++;
-    else printf("# ctorwait #%d: %s\n", i, r.error);
-  }
-  CHECK(ok == 5, "5 of 5 injections succeed while the loader lock is held by a thread waiting on a mutex (%d)", ok);
-  loader_free(&t, "ctorwait target");
-  healthy(&t, "ctorwait target");
-  stop_target(&t);
+  hazard("ctorwait", lib, "thread sits in futex inside dlopen (the loader lock held, a constructor waiting for a contended mutex)", "probe_noop", 1000, 5);
 }
 
 /* A call that outlives its timeout: left to finish, the thread restores itself. */

@@ -5,15 +5,6 @@
  */
 #include "merge_host.h"
 
-static int count_dir(const char* path) {
-  DIR* d = opendir(path);
-  int n = 0;
-  struct dirent* e;
-  while (d && (e = readdir(d)))
-    if (e->d_name[0] != '.') n++;
-  if (d) closedir(d);
-  return n;
-}
 /* Mappings in total, and those of a library whose path contains `lib`. */
 static int count_maps(const char* lib, int* of_lib) {
   FILE* f = fopen("/proc/self/maps", "r");
@@ -151,7 +142,7 @@ int main(int argc, char** argv) {
 
   /* LOAD -> ROUTE -> calls -> UNLOAD, 100 times per isolation level: no leaked threads or mappings. */
   int bar0, bar1;
-  int threads0 = count_dir("/proc/self/task"), maps0 = count_maps("libbar.so", &bar0);
+  int threads0 = count_entries("/proc/self/task"), maps0 = count_maps("libbar.so", &bar0);
   int cycles_ok = 1;
   for (int i = 0; i < 100 && cycles_ok; i++) {
     for (int iso = 0; iso < 3; iso++) {
@@ -164,7 +155,7 @@ int main(int argc, char** argv) {
     }
   }
   CHECK(cycles_ok, "300 LOAD/ROUTE/call/UNLOAD cycles");
-  int threads1 = count_dir("/proc/self/task"), maps1 = count_maps("libbar.so", &bar1);
+  int threads1 = count_entries("/proc/self/task"), maps1 = count_maps("libbar.so", &bar1);
   CHECK(threads1 == threads0, "no leaked threads (%d -> %d)", threads0, threads1);
   CHECK(bar0 == 0 && bar1 == 0, "the callee library is unmapped after each UNLOAD");
   /* 300 cycles each mapped stacks, threads and a library: a leak would show as hundreds. */

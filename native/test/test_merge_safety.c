@@ -337,16 +337,6 @@ typedef struct {
   long vm_kib;
 } usage;
 
-static int count_entries(const char* path) {
-  DIR* d = opendir(path);
-  int n = 0;
-  struct dirent* e;
-  while (d && (e = readdir(d)))
-    if (e->d_name[0] != '.') n++;
-  if (d) closedir(d);
-  return n;
-}
-
 static usage measure_usage(void) {
   usage u = {count_entries("/proc/self/task"), count_entries("/proc/self/fd"), 0, 0};
   FILE* f = fopen("/proc/self/maps", "r");
