@@ -7,11 +7,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { loadFuncConfig } from '../common/func-config.js';
-import { parseFlags, type FlagSpecs, flagHelp } from '../common/flags.js';
+import { parseFlags, type FlagSpecs, flagHelp, secretFlag } from '../common/flags.js';
 import { randomBytes } from 'node:crypto';
 import { EXAMPLE_CONFIG, EXAMPLE_POLICY } from '../common/paths.js';
 import { GATEWAY_FLAGS, IGNORED_GATEWAY_FLAGS } from '../gateway/main.js';
 import { IGNORED_ENGINE_FLAGS, LAUNCHER_FLAGS } from '../launcher/main.js';
+import { checkClusterToken } from '../common/cluster-auth.js';
+import { removeIpcRoot } from '../launcher/ipc-files.js';
 
 const UP_FLAGS = {
   ...GATEWAY_FLAGS,
@@ -20,12 +22,14 @@ const UP_FLAGS = {
   func_config_file: { type: 'string', default: EXAMPLE_CONFIG, help: 'func_config.json (default: the bundled examples)' },
   control_port: { type: 'int', default: 10008, help: 'control plane port (-1: off)', min: -1, max: 65535 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (default with the bundled examples: examples/merge-policy.yaml)' },
-  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN, else a random one, printed)' },
+  admin_token: { type: 'string', default: '', help: 'admin API token (default: NIGHTFUSE_ADMIN_TOKEN or --admin_token_file, else a random one, printed)' },
   quiet: { type: 'bool', default: false, help: 'print only the ready line' },
 } satisfies FlagSpecs;
 
-const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS));
-const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS));
+/** The cluster token reaches both children through the environment, never argv (visible to every user in ps). */
+const TOKEN_KEYS = ['cluster_token', 'cluster_token_file'];
+const GATEWAY_KEYS = new Set(Object.keys(GATEWAY_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
+const LAUNCHER_KEYS = new Set(Object.keys(LAUNCHER_FLAGS).filter((k) => !TOKEN_KEYS.includes(k)));
 
 function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: number): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
@@ -49,16 +53,36 @@ function waitForLine(child: ChildProcess, re: RegExp, what: string, timeoutMs: n
   });
 }
 
+/** Ready means callable: the launcher's connections have been admitted by the gateway. */
+async function waitForNode(host: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const text = await (await fetch(`http://${host}:${port}/metrics`)).text();
+      if (/^nightfuse_gateway_connected_nodes [1-9]/m.test(text)) return;
+    } catch {
+      /* not yet */
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the launcher did not connect to the gateway within ${timeoutMs} ms; see its log above`);
+}
+
 export async function runUp(argv: string[]): Promise<void> {
   if (argv.includes('--help')) {
-    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS)}\n`);
+    process.stdout.write(`usage: nightfuse up [flags]\n${flagHelp(UP_FLAGS, { env: true })}\n`);
     return;
   }
-  const { values: f, given } = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS] });
+  // The children read the same NIGHTFUSE_* variables themselves; what is parsed here decides only what up passes on argv.
+  const parsed = parseFlags(UP_FLAGS, argv, { ignored: [...IGNORED_ENGINE_FLAGS, ...IGNORED_GATEWAY_FLAGS], env: process.env });
+  const { values: f, given } = parsed;
   // Validate the config here so a mistake is reported once, clearly.
   const config = loadFuncConfig(f.func_config_file);
   if (!f.merge_policy_file && f.func_config_file === EXAMPLE_CONFIG) f.merge_policy_file = EXAMPLE_POLICY;
-  if (!f.admin_token) f.admin_token = process.env.NIGHTFUSE_ADMIN_TOKEN || randomBytes(12).toString('hex');
+  f.admin_token = secretFlag(parsed, 'admin_token') || randomBytes(12).toString('hex');
+  given.delete('admin_token_file'); // read here: the gateway gets the token itself
+  // Our own processes authenticate each other: a token of our own unless the operator gave one.
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token')) || randomBytes(24).toString('hex');
   given.add('merge_policy_file');
   given.add('admin_token');
   const cli = fileURLToPath(new URL('./nightfuse.js', import.meta.url));
@@ -74,22 +98,30 @@ export async function runUp(argv: string[]): Promise<void> {
   };
   const children: ChildProcess[] = [];
   let stopping = false;
-  const stopAll = async (code: number) => {
+  // SIGTERM is passed on and drains (each child waits up to --drain_timeout_ms for its calls); SIGINT stops at once.
+  const stopAll = async (code: number, signal: 'SIGTERM' | 'SIGINT' = 'SIGINT') => {
     if (stopping) return;
     stopping = true;
+    const graceMs = (signal === 'SIGTERM' ? f.drain_timeout_ms : 0) + 5000;
     await Promise.all(children.map((c) => new Promise<void>((r) => {
       if (c.exitCode !== null || c.signalCode !== null) return r();
       c.once('exit', () => r());
-      c.kill('SIGTERM');
-      setTimeout(() => c.kill('SIGKILL'), 5000).unref();
+      c.kill(signal);
+      setTimeout(() => c.kill('SIGKILL'), graceMs).unref();
     })));
+    // Whatever way the launcher ended, its IPC root goes (only if it is one: removeIpcRoot checks).
+    try {
+      removeIpcRoot(f.root_path_for_ipc);
+    } catch (err) {
+      process.stderr.write(`nightfuse up: ${(err as Error).message}\n`);
+    }
     process.exit(code);
   };
-  process.on('SIGINT', () => void stopAll(0));
-  process.on('SIGTERM', () => void stopAll(0));
+  process.on('SIGINT', () => void stopAll(0, 'SIGINT'));
+  process.on('SIGTERM', () => void stopAll(0, 'SIGTERM'));
 
   const start = (args: string[]) => {
-    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NIGHTFUSE_CLUSTER_TOKEN: clusterToken, NIGHTFUSE_CLUSTER_TOKEN_FILE: '' } });
     children.push(c);
     c.on('exit', (code, sig) => {
       if (!stopping) {
@@ -108,6 +140,7 @@ export async function runUp(argv: string[]): Promise<void> {
       gateway_addr: gwHost, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0,
     })]);
     await waitForLine(launcher, /launcher ready[^\n]*\n/, 'launcher', 30000);
+    await waitForNode(gwHost, Number(httpPort), 10000);
     process.stdout.write(`nightfuse up: http=${gwHost}:${httpPort} grpc=${gwHost}:${grpcPort} engine=${gwHost}:${enginePort} control=${gwHost}:${controlPort} functions=${config.entries.map((e) => e.funcName).join(',')}\n`);
     if (!f.quiet) {
       const plain = config.entries.find((e) => e.funcName === 'Foo') ?? config.entries.find((e) => !e.isGrpc);

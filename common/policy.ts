@@ -78,7 +78,8 @@ const settingsProps = {
   cooldownSec: { type: 'number', minimum: 0, maximum: 86400 },
 };
 
-const SCHEMA = {
+/** The policy document's JSON schema (also published in the admin API's OpenAPI document). */
+export const POLICY_SCHEMA = {
   type: 'object',
   additionalProperties: false,
   properties: {
@@ -108,7 +109,7 @@ const SCHEMA = {
 } as const;
 
 const ajv = new Ajv({ allErrors: true });
-const validateDoc = ajv.compile(SCHEMA);
+const validateDoc = ajv.compile(POLICY_SCHEMA);
 
 export class PolicyError extends Error {
   override name = 'PolicyError';

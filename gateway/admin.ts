@@ -4,28 +4,26 @@
  *
  * Auth: `Authorization: Bearer <token>` with the token from --admin_token or
  * NIGHTFUSE_ADMIN_TOKEN. Without a configured token the API is refused (403).
- *
- *   GET    /admin/v1/status                 functions, nodes, merges, policy summary
- *   GET    /admin/v1/functions | nodes | edges | merges | events
- *   POST   /admin/v1/merges                 {caller, callee, isolation?}: returns once in force in every worker
- *   DELETE /admin/v1/merges/<caller>/<callee>
- *   GET    /admin/v1/policy                 the policy text and where it came from
- *   POST   /admin/v1/policy/validate        body: policy (JSON or YAML) -> 200 {ok} | 400 {errors}
- *   PUT    /admin/v1/policy                 validate, then replace and push to every launcher
+ * The routes below are the whole API: the router answers from this table and
+ * the OpenAPI document (GET /admin/v1/openapi.json) is generated from it.
  */
-import { timingSafeEqual } from 'node:crypto';
-import { unwatchFile, watchFile } from 'node:fs';
+import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { join } from 'node:path';
 import type http from 'node:http';
 import type { FuncConfig } from '../common/func-config.js';
 import type { Logger } from '../common/log.js';
+import { PACKAGE_ROOT } from '../common/paths.js';
 import { DEFAULT_POLICY, loadPolicy, parsePolicy, type Policy, PolicyError } from '../common/policy.js';
-import type { MergeEventMsg } from '../proto/control.js';
+import { openApiDocument } from './admin-openapi.js';
+import { AdminRouter, type Reply, type Route } from './admin-router.js';
+import { MAX_STREAMS, AdminStream } from './admin-stream.js';
+import { AdminView } from './admin-view.js';
 import type { ControlServer } from './control-server.js';
+import type { DesiredState } from './desired-state.js';
+import type { EngineServer } from './engine-server.js';
 import type { MetricFamily } from './metrics.js';
-import { collectBody } from '../common/body.js';
 
 export const ADMIN_PREFIX = '/admin/v1';
-const MAX_ADMIN_BODY = 1 << 20;
 
 export class PolicyStore {
   policy: Policy = DEFAULT_POLICY;
@@ -99,191 +97,153 @@ export interface AdminOptions {
   token: string;
   config: FuncConfig;
   control: ControlServer | undefined;
+  engines?: EngineServer;
   policy: PolicyStore;
   log: Logger;
+  /** manual merges the gateway re-applies to launchers that (re)attach */
+  desired?: DesiredState;
 }
 
-function send(res: http.ServerResponse, status: number, body: unknown): void {
-  const b = Buffer.from(JSON.stringify(body, null, 1) + '\n');
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': b.length });
-  res.end(b);
-}
+export const MAX_ADMIN_BODY = 1 << 20;
+export const ADMIN_BODY_TIMEOUT_MS = 10_000;
+const COMMAND_TIMEOUT_MS = 60_000;
 
-async function readBody(req: http.IncomingMessage): Promise<string> {
-  const r = await collectBody(req, MAX_ADMIN_BODY);
-  if (!r.ok) throw new Error(`admin request body of ${r.size} bytes is over ${MAX_ADMIN_BODY}`);
-  return r.body.toString('utf8');
-}
+const POLICY_EXAMPLE = 'defaults:\n  mode: auto\n  isolation: thread\nrules:\n  - caller: Foo\n    callee: Bar\n    isolation: stack\n';
+const policyBody = { kind: 'text', schema: 'MergePolicy', mediaTypes: ['application/yaml', 'application/json', 'text/plain'], example: POLICY_EXAMPLE } as const;
+const fnParams = { caller: 'FunctionName', callee: 'FunctionName' };
+const ok = (body: unknown): Reply => ({ status: 200, body });
 
 export class AdminApi {
-  readonly events: (MergeEventMsg & { node: number })[] = [];
+  readonly view: AdminView;
+  readonly stream: AdminStream;
+  readonly routes: Route[];
+  private readonly router: AdminRouter;
+  private openapi: Record<string, unknown> | undefined;
 
   constructor(private readonly o: AdminOptions) {
-    if (o.control) o.control.onMergeEvent = (node, e) => {
-      this.events.push({ ...e, node });
-      if (this.events.length > 500) this.events.shift();
-    };
-  }
-
-  private authorized(req: http.IncomingMessage): boolean {
-    const h = req.headers.authorization ?? '';
-    const m = /^Bearer (.+)$/.exec(h);
-    if (!m || !this.o.token) return false;
-    const a = Buffer.from(m[1]);
-    const b = Buffer.from(this.o.token);
-    return a.length === b.length && timingSafeEqual(a, b);
+    this.view = new AdminView(o.config, o.control, o.engines, o.policy);
+    this.stream = new AdminStream(this.view, o.log);
+    if (o.control) o.control.onMergeEvent = (node, e) => this.view.addEvent(node, e);
+    this.routes = this.routeTable();
+    this.router = new AdminRouter(this.routes, { prefix: ADMIN_PREFIX, token: o.token, log: o.log, maxBodyBytes: MAX_ADMIN_BODY, bodyTimeoutMs: ADMIN_BODY_TIMEOUT_MS });
   }
 
   /** The route hook for the HTTP front end: true when it handled the request. */
-  handle = (req: http.IncomingMessage, res: http.ServerResponse, path: string): boolean => {
-    if (path !== ADMIN_PREFIX && !path.startsWith(ADMIN_PREFIX + '/')) return false;
-    if (!this.o.token) {
-      req.resume();
-      send(res, 403, { error: 'the admin API is disabled: start the gateway with --admin_token or NIGHTFUSE_ADMIN_TOKEN' });
-      return true;
-    }
-    if (!this.authorized(req)) {
-      req.resume();
-      send(res, 401, { error: 'missing or wrong admin token (Authorization: Bearer <token>)' });
-      return true;
-    }
-    this.route(req, res, path.slice(ADMIN_PREFIX.length) || '/').catch((err: Error) => {
-      this.o.log.error({ path, err: err.message }, 'admin request failed');
-      if (!res.headersSent) send(res, 500, { error: err.message });
-    });
-    return true;
-  };
+  handle = (req: http.IncomingMessage, res: http.ServerResponse, path: string, query = ''): boolean => this.router.handle(req, res, path, query);
 
-  private async route(req: http.IncomingMessage, res: http.ServerResponse, path: string): Promise<void> {
-    const m = req.method ?? 'GET';
-    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
-    const [head, a, b] = parts;
-    if (m === 'GET' && head === 'status') return send(res, 200, this.status());
-    if (m === 'GET' && head === 'functions') return send(res, 200, this.functions());
-    if (m === 'GET' && head === 'nodes') return send(res, 200, this.nodes());
-    if (m === 'GET' && head === 'edges') return send(res, 200, this.edges());
-    if (m === 'GET' && head === 'merges' && !a) return send(res, 200, this.merges());
-    if (m === 'GET' && head === 'events') return send(res, 200, this.events.slice(-200));
-    if (m === 'POST' && head === 'merges' && !a) return this.merge(req, res);
-    if (m === 'DELETE' && head === 'merges' && a && b) return this.unmerge(res, a, b);
-    if (head === 'policy') {
-      if (m === 'GET' && !a) {
-        const p = this.o.policy;
-        return send(res, 200, { source: p.source, loadedAt: new Date(p.loadedAt).toISOString(), lastError: p.lastError, reloads: p.reloads, text: p.policy.text, effective: { defaults: p.policy.settings, limits: p.policy.limits, rules: p.policy.doc.rules ?? [], trustGroups: p.policy.doc.trustGroups ?? {} } });
+  openApi(): Record<string, unknown> {
+    return (this.openapi ??= openApiDocument(this.routes, ADMIN_PREFIX, (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version));
+  }
+
+  close(): void {
+    this.stream.close();
+    this.view.close();
+  }
+
+  private routeTable(): Route[] {
+    const v = this.view;
+    const list = (schema: string, description: string) => ({ 200: { description, schema } });
+    return [
+      { method: 'GET', path: '/openapi.json', operationId: 'openapi', summary: 'this document', public: true,
+        responses: list('OpenApiDocument', 'the OpenAPI document'), handler: () => ok(this.openApi()) },
+      { method: 'GET', path: '/status', operationId: 'status', summary: 'functions, nodes, merges and the policy in force',
+        responses: list('Status', 'the cluster'), handler: () => ok(v.status()) },
+      { method: 'GET', path: '/functions', operationId: 'functions', summary: 'functions with workers, calls and recent rates',
+        responses: { 200: { description: 'every function of func_config.json', schema: 'FunctionList' } }, handler: () => ok(v.functions()) },
+      { method: 'GET', path: '/nodes', operationId: 'nodes', summary: 'nodes (launchers) and their health',
+        responses: { 200: { description: 'nodes seen on the control plane or the engine link', schema: 'NodeList' } }, handler: () => ok(v.nodes()) },
+      { method: 'GET', path: '/edges', operationId: 'edges', summary: 'the call graph: caller -> callee edges with rates, latencies and path',
+        responses: { 200: { description: 'one entry per node and edge', schema: 'EdgeList' } }, handler: () => ok(v.edges()) },
+      { method: 'GET', path: '/merges', operationId: 'listMerges', summary: 'merged pairs with isolation, workers in force and age',
+        responses: { 200: { description: 'one entry per node and pair', schema: 'MergeList' } }, handler: () => ok(v.merges()) },
+      { method: 'POST', path: '/merges', operationId: 'merge', summary: 'merge callee into every worker of caller; answers once in force everywhere',
+        body: { kind: 'json', schema: 'MergeRequest', mediaTypes: ['application/json'], example: { caller: 'Foo', callee: 'Bar', isolation: 'thread' } },
+        responses: {
+          200: { description: 'in force on every node that runs the caller', schema: 'CommandResults' },
+          409: { description: 'refused or failed on some node (see results), or no node runs the caller', schema: 'CommandResults' },
+          503: { description: 'the control plane is off', schema: 'Error' },
+        },
+        handler: async (c) => {
+          const b = c.body as { caller: string; callee: string; isolation?: string };
+          const iso = b.isolation ?? '';
+          const r = await this.onNodes(b.caller, b.callee, { merge: { caller: b.caller, callee: b.callee, isolation: iso } });
+          // Desired state: a merge that took effect somewhere is re-applied to nodes that (re)attach.
+          if ((r.body as { results?: { ok: boolean }[] }).results?.some((x) => x.ok)) this.o.desired?.setMerge(b.caller, b.callee, iso);
+          return r;
+        } },
+      { method: 'DELETE', path: '/merges/{caller}/{callee}', operationId: 'unmerge', summary: 'undo a merge on every node', params: fnParams,
+        responses: {
+          200: { description: 'unmerged on every node that runs the caller', schema: 'CommandResults' },
+          409: { description: 'not merged, or failed on some node (see results)', schema: 'CommandResults' },
+          503: { description: 'the control plane is off', schema: 'Error' },
+        },
+        handler: (c) => {
+          const { caller, callee } = c.params;
+          if (this.o.config.byName.has(caller) && this.o.config.byName.has(callee)) this.o.desired?.deleteMerge(caller, callee);
+          return this.onNodes(caller, callee, { unmerge: { caller, callee } });
+        } },
+      { method: 'GET', path: '/events', operationId: 'events', summary: 'the decision log: merges, unmerges, failures, faults, with reasons and numbers',
+        query: { since: { schema: 'EventSeq', description: 'only events with a larger seq' }, limit: { schema: 'EventLimit', description: 'the newest this many (default 200)' } },
+        responses: { 200: { description: 'oldest first', schema: 'EventList' } },
+        handler: (c) => ok(v.eventsSince(Number(c.query.since ?? 0), Number(c.query.limit ?? 200))) },
+      { method: 'GET', path: '/stream', operationId: 'stream', summary: 'live view as server-sent events: `snapshot` (Snapshot), `events` (Event[]), keepalive comments',
+        responses: {
+          200: { description: 'text/event-stream; a snapshot and the recent events at once, then changes at most twice a second', mediaType: 'text/event-stream' },
+          503: { description: `already ${MAX_STREAMS} streams open`, schema: 'Error' },
+        },
+        handler: (c) => (this.stream.open(c.req, c.res) ? undefined : { status: 503, body: { error: `too many admin streams open (limit ${MAX_STREAMS})` } }) },
+      { method: 'GET', path: '/policy', operationId: 'getPolicy', summary: 'the policy in force: its text, where it came from, the effective settings',
+        responses: list('Policy', 'the policy'), handler: () => ok(this.policyView()) },
+      { method: 'POST', path: '/policy/validate', operationId: 'validatePolicy', summary: 'validate a policy (JSON or YAML) without applying it', body: policyBody,
+        responses: { 200: { description: 'valid', schema: 'PolicyResult' }, 400: { description: 'invalid: every problem, naming the field and rule', schema: 'PolicyResult' } },
+        handler: (c) => {
+          try {
+            parsePolicy(c.body as string, 'request body');
+            return ok({ ok: true });
+          } catch (err) {
+            return { status: 400, body: { ok: false, errors: err instanceof PolicyError ? err.errors : [(err as Error).message] } };
+          }
+        } },
+      { method: 'PUT', path: '/policy', operationId: 'applyPolicy', summary: 'validate, then replace the policy and push it to every launcher', body: policyBody,
+        responses: { 200: { description: 'in force', schema: 'PolicyResult' }, 400: { description: 'invalid: the old policy stays in force', schema: 'PolicyResult' } },
+        handler: (c) => {
+          const r = this.o.policy.replaceText(c.body as string, 'admin API');
+          return { status: r.ok ? 200 : 400, body: r };
+        } },
+    ];
+  }
+
+  private policyView() {
+    const p = this.o.policy;
+    return {
+      source: p.source, loadedAt: new Date(p.loadedAt).toISOString(), lastError: p.lastError, reloads: p.reloads, text: p.policy.text,
+      effective: { defaults: p.policy.settings, limits: p.policy.limits, rules: p.policy.doc.rules ?? [], trustGroups: p.policy.doc.trustGroups ?? {} },
+    };
+  }
+
+  /** Runs a command on every node that runs `caller`; 200 if all succeeded. */
+  private async onNodes(caller: string, callee: string, body: Parameters<ControlServer['command']>[1]): Promise<Reply> {
+    for (const f of [caller, callee]) if (!this.o.config.byName.has(f)) return { status: 404, body: { error: `unknown function ${f}` } };
+    const control = this.o.control;
+    if (!control) return { status: 503, body: { error: 'the control plane is off (--control_port=-1)' } };
+    const nodes = [...control.nodes.values()].filter((n) => n.stats?.functions.some((f) => f.name === caller && f.workers > 0));
+    if (nodes.length === 0) return { status: 409, body: { ok: false, results: [], error: `no node runs a worker of ${caller}` } };
+    const results = await Promise.all(nodes.map(async (n) => {
+      const r = await control.command(n.hello.node_id, body, COMMAND_TIMEOUT_MS);
+      let detail: unknown;
+      try {
+        detail = r.detail_json ? JSON.parse(r.detail_json) : undefined;
+      } catch {
+        detail = undefined;
       }
-      if (m === 'POST' && a === 'validate') {
-        const text = await readBody(req);
-        try {
-          parsePolicy(text, 'request body');
-          return send(res, 200, { ok: true });
-        } catch (err) {
-          return send(res, 400, { ok: false, errors: err instanceof PolicyError ? err.errors : [(err as Error).message] });
-        }
-      }
-      if (m === 'PUT' && !a) {
-        const r = this.o.policy.replaceText(await readBody(req), 'admin API');
-        return send(res, r.ok ? 200 : 400, r);
-      }
-    }
-    req.resume();
-    send(res, 404, { error: `no admin route ${m} ${ADMIN_PREFIX}${path}` });
+      return { node: n.hello.node_id, ok: r.ok, ...(r.error ? { error: r.error } : {}), ...(detail !== undefined ? { detail } : {}) };
+    }));
+    const allOk = results.every((r) => r.ok);
+    return { status: allOk ? 200 : 409, body: { ok: allOk, results } };
   }
 
   private nodeStats() {
     return [...(this.o.control?.nodes.values() ?? [])];
-  }
-
-  status() {
-    return {
-      functions: this.functions(),
-      nodes: this.nodes(),
-      merges: this.merges(),
-      policy: { source: this.o.policy.source, lastError: this.o.policy.lastError },
-    };
-  }
-
-  functions() {
-    return this.o.config.entries.map((e) => {
-      let workers = 0, calls = 0, failures = 0, queued = 0;
-      for (const n of this.nodeStats()) {
-        const f = n.stats?.functions.find((x) => x.name === e.funcName);
-        if (f) {
-          workers += f.workers;
-          calls += f.calls;
-          failures += f.failures;
-          queued += f.queued;
-        }
-      }
-      return { name: e.funcName, funcId: e.funcId, grpc: e.isGrpc, trustGroup: this.o.policy.policy.trustGroup(e.funcName), workers, calls, failures, queued };
-    });
-  }
-
-  nodes() {
-    return this.nodeStats().map((n) => ({
-      nodeId: n.hello.node_id, hostname: n.hello.hostname, pid: n.hello.pid, attachedAt: new Date(n.attachedAt).toISOString(),
-      lastReport: n.stats ? new Date(n.stats.at_ms).toISOString() : null, decisions: n.stats?.decisions ?? {}, policyError: n.stats?.policy_error ?? '',
-    }));
-  }
-
-  edges() {
-    const out = [];
-    for (const n of this.nodeStats()) {
-      for (const e of n.stats?.edges ?? []) {
-        const ipc = e.calls - e.local_calls;
-        out.push({
-          node: n.hello.node_id, caller: e.caller, callee: e.callee, calls: e.calls, localCalls: e.local_calls, failures: e.failures,
-          callsPerSec: Number(e.rate_per_sec.toFixed(2)), avgRpcUs: ipc > 0 ? Number((e.rpc_us / ipc).toFixed(1)) : null,
-          avgCalleeUs: ipc > 0 ? Number((e.processing_us / ipc).toFixed(1)) : null, inputBytes: e.input_bytes, outputBytes: e.output_bytes,
-        });
-      }
-    }
-    return out;
-  }
-
-  merges() {
-    const out = [];
-    for (const n of this.nodeStats()) {
-      for (const m of n.stats?.merges ?? []) {
-        out.push({
-          node: n.hello.node_id, caller: m.caller, callee: m.callee, isolation: m.isolation, state: m.state,
-          workersMerged: m.workers_merged, workersTotal: m.workers_total, ageSec: Math.round((Date.now() - m.since_ms) / 1000),
-        });
-      }
-    }
-    return out;
-  }
-
-  /** Runs a command on every node that runs `caller`; 200 if all succeeded. */
-  private async onNodes(res: http.ServerResponse, caller: string, body: Parameters<ControlServer['command']>[1]): Promise<void> {
-    if (!this.o.control) return send(res, 503, { error: 'the control plane is off (--control_port=-1)' });
-    const nodes = this.nodeStats().filter((n) => n.stats?.functions.some((f) => f.name === caller && f.workers > 0));
-    if (nodes.length === 0) return send(res, 409, { error: `no node runs a worker of ${caller}` });
-    const results = await Promise.all(nodes.map(async (n) => {
-      const r = await this.o.control!.command(n.hello.node_id, body, 60000);
-      return { node: n.hello.node_id, ok: r.ok, error: r.error || undefined, detail: r.detail_json ? JSON.parse(r.detail_json) : undefined };
-    }));
-    const ok = results.every((r) => r.ok);
-    send(res, ok ? 200 : 409, { ok, results });
-  }
-
-  private async merge(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    let body: { caller?: unknown; callee?: unknown; isolation?: unknown };
-    try {
-      body = JSON.parse(await readBody(req));
-    } catch {
-      return send(res, 400, { error: 'body must be JSON: {"caller": "...", "callee": "...", "isolation": "inline|stack|thread"}' });
-    }
-    const { caller, callee, isolation } = body;
-    if (typeof caller !== 'string' || typeof callee !== 'string') return send(res, 400, { error: 'caller and callee are required strings' });
-    if (isolation !== undefined && !['inline', 'stack', 'thread'].includes(String(isolation))) {
-      return send(res, 400, { error: 'isolation must be one of inline, stack, thread' });
-    }
-    for (const f of [caller, callee]) if (!this.o.config.byName.has(f)) return send(res, 404, { error: `unknown function ${f}` });
-    return this.onNodes(res, caller, { merge: { caller, callee, isolation: (isolation as string) ?? '' } });
-  }
-
-  private unmerge(res: http.ServerResponse, caller: string, callee: string): Promise<void> {
-    return this.onNodes(res, caller, { unmerge: { caller, callee } });
   }
 
   /** Merge metrics from the launchers' reports. */

@@ -3,7 +3,12 @@
  * (--lb_per_fn_round_robin, --lb_pick_least_load, else random), the table of
  * running calls matched by full_call_id, and the two limits Nightcore lacks
  * (per-call timeout; failing calls whose node disconnected).
+ *
+ * A result is accepted only from the node the call was dispatched to, and
+ * call ids are random (not a counter), so one engine cannot complete, or even
+ * name, calls that went to another.
  */
+import { randomFillSync } from 'node:crypto';
 import { packCallId, type GatewayMessage, MessageType } from '../proto/wire.js';
 import type { EngineServer, Node } from './engine-server.js';
 
@@ -33,8 +38,21 @@ interface Running {
   discarded: boolean;
 }
 
+/** Random 32-bit call ids, drawn from a refilled pool (one getrandom per 1024 calls). */
+class CallIdSource {
+  private readonly pool = new Uint32Array(1024);
+  private next = this.pool.length;
+  take(): number {
+    if (this.next === this.pool.length) {
+      randomFillSync(this.pool);
+      this.next = 0;
+    }
+    return this.pool[this.next++];
+  }
+}
+
 export class Dispatcher {
-  private nextCallId = 1;
+  private readonly ids = new CallIdSource();
   private readonly running = new Map<bigint, Running>();
   private readonly queue: Running[] = [];
   /** node ids in the order they connected (for round robin and least-load ties) */
@@ -75,9 +93,9 @@ export class Dispatcher {
 
   /** Starts a call; `onDiscard` lets the front end mark it when the client leaves. */
   call(funcId: number, methodId: number, input: Buffer): { promise: Promise<CallOutcome>; discard: () => void } {
-    const callId = this.nextCallId;
-    this.nextCallId = (this.nextCallId + 1) >>> 0;
-    const id = packCallId({ funcId, methodId, clientId: 0, callId });
+    let id: bigint;
+    do id = packCallId({ funcId, methodId, clientId: 0, callId: this.ids.take() });
+    while (this.running.has(id));
     let r!: Running;
     const promise = new Promise<CallOutcome>((resolve) => {
       r = { id, funcId, node: undefined, input, resolve, timer: undefined, discarded: false };
@@ -109,7 +127,7 @@ export class Dispatcher {
   }
 
   private pickNode(funcId: number): Node | undefined {
-    const nodes = this.order.map((id) => this.engines.nodes.get(id)).filter((n): n is Node => n !== undefined);
+    const nodes = this.order.map((id) => this.engines.nodes.get(id)).filter((n): n is Node => n !== undefined && !n.draining);
     if (nodes.length === 0) return undefined;
     if (this.o.lbPerFnRoundRobin) {
       const c = (this.rrCursor.get(funcId) ?? 0) % nodes.length;
@@ -136,12 +154,18 @@ export class Dispatcher {
     this.stats.dispatched++;
   }
 
-  onResult(nodeId: number, m: GatewayMessage): void {
+  /** counted for metrics: results for calls the answering node was never given */
+  foreignResults = 0;
+
+  onResult(node: Node, m: GatewayMessage): void {
     const r = this.running.get(m.fullCallId);
     if (!r) return; // unknown, timed out, or its node was given up on
+    if (r.node !== node) {
+      this.foreignResults++;
+      return;
+    }
     if (m.type === MessageType.FUNC_CALL_COMPLETE) this.settle(r, { kind: 'ok', output: m.payload, processingUs: m.value });
     else this.settle(r, { kind: 'failed' });
-    void nodeId;
   }
 
   private settle(r: Running, o: CallOutcome): void {

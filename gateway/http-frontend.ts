@@ -5,8 +5,9 @@
  * anything unknown, 500 for failure or no node; Nightcore's exact header block.
  *
  * Nightfuse additions: 413 over --max_body_bytes, 504 after --call_timeout_ms,
- * GET /metrics (Prometheus text) and GET /healthz, and an admin API mounted
- * by the gateway under /admin/ when enabled.
+ * GET /metrics (Prometheus text), GET /healthz (alive) and /readyz (a node
+ * can serve; 503 with the reason otherwise), and an admin API mounted by the
+ * gateway under /admin/ when enabled.
  */
 import http from 'node:http';
 import type { FuncConfig } from '../common/func-config.js';
@@ -15,6 +16,7 @@ import type { CallOutcome, Dispatcher } from './dispatcher.js';
 import type { GatewayMetrics } from './metrics.js';
 import { queryToJsonInput } from './qs-input.js';
 import { collectBody } from '../common/body.js';
+import { probeAnswer, type Readiness } from '../common/lifecycle.js';
 
 const STATUS_TEXT: Record<number, string> = {
   200: 'OK', 400: 'Bad Request', 404: 'Not Found', 413: 'Payload Too Large', 500: 'Internal Server Error',
@@ -64,7 +66,9 @@ export interface HttpFrontendOptions {
   log: Logger;
   maxBodyBytes: number;
   /** other routes (admin API, …): return true when handled */
-  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean;
+  extraRoutes?: (req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean;
+  /** for GET /readyz; absent: always ready */
+  ready?: () => Readiness;
 }
 
 export function createHttpFrontend(o: HttpFrontendOptions): http.Server {
@@ -97,13 +101,14 @@ function splitTarget(url: string): { path: string; query: string } {
 function handle(o: HttpFrontendOptions, req: http.IncomingMessage, res: http.ServerResponse): void {
   const { path, query } = splitTarget(req.url ?? '/');
   const method = req.method ?? '';
-  if (o.extraRoutes?.(req, res, path)) return;
+  if (o.extraRoutes?.(req, res, path, query)) return;
   if (method === 'GET' && path === '/metrics') {
     void o.metrics.render().then((text) => sendPlain(res, 200, text, 'text/plain; version=0.0.4'));
     return;
   }
-  if (method === 'GET' && path === '/healthz') {
-    sendPlain(res, 200, 'ok\n');
+  const probe = method === 'GET' ? probeAnswer(path, o.ready ?? (() => ({ ok: true, reason: 'serving' }))) : undefined;
+  if (probe) {
+    sendPlain(res, probe.status, probe.body);
     return;
   }
   const notFound = () => {

@@ -1,7 +1,7 @@
 /** `nightfuse gateway`: Nightcore's gateway flags and front ends, plus Nightfuse's control plane and metrics. */
 import type http from 'node:http';
 import { loadFuncConfig } from '../common/func-config.js';
-import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, type FlagSpecs } from '../common/flags.js';
+import { flagHelp, NIGHTCORE_LIBRARY_FLAGS, parseFlags, secretFlag, type FlagSpecs } from '../common/flags.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { ControlServer } from './control-server.js';
 import { Dispatcher } from './dispatcher.js';
@@ -11,6 +11,12 @@ import { createHttpFrontend } from './http-frontend.js';
 import { GatewayMetrics } from './metrics.js';
 import type { FuncConfig } from '../common/func-config.js';
 import { AdminApi, PolicyStore } from './admin.js';
+import { GatewayDrain } from './drain.js';
+import { listenOn } from '../common/lifecycle.js';
+import { ConsoleServer } from './console-server.js';
+import { AddressAllowList, isLoopbackAddress, checkClusterToken } from '../common/cluster-auth.js';
+import { DesiredState } from './desired-state.js';
+import { clusterFamilies } from './cluster-metrics.js';
 
 export const GATEWAY_FLAGS = {
   listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
@@ -27,6 +33,15 @@ export const GATEWAY_FLAGS = {
   call_timeout_ms: { type: 'int', default: 60000, help: 'per-call timeout (504 / DEADLINE_EXCEEDED); 0: none', min: 0 },
   merge_policy_file: { type: 'string', default: '', help: 'merge policy (JSON or YAML) pushed to every launcher; reloaded on SIGHUP and on change' },
   admin_token: { type: 'string', default: '', help: 'token for the admin API under /admin/v1 (or NIGHTFUSE_ADMIN_TOKEN); without one the API is refused' },
+  admin_token_file: { type: 'string', default: '', help: 'read the admin token from this file (a mounted Secret, a systemd credential)' },
+  drain_timeout_ms: { type: 'int', default: 25000, help: 'on SIGTERM: no new calls, wait this long for the calls in flight, then exit', min: 0 },
+  cluster_token: { type: 'string', default: '', help: 'secret shared with every launcher (or NIGHTFUSE_CLUSTER_TOKEN); engine link and control plane admit only peers that prove it' },
+  cluster_token_file: { type: 'string', default: '', help: 'read the cluster token from this file' },
+  insecure_cluster: { type: 'bool', default: false, help: 'without a cluster token, still listen for engines beyond loopback (any peer can then act as a node)' },
+  plain_engine_allow: { type: 'string', default: '', help: 'CIDRs (a,b,…) from which real Nightcore engines, which cannot authenticate, are admitted when a token is set' },
+  cluster_auth_timeout_ms: { type: 'int', default: 5000, help: 'a connection or stream must authenticate within this', min: 100 },
+  engine_max_message_bytes: { type: 'int', default: 64 << 20, help: 'largest message an engine may send on the engine link', min: 1024, max: 0x7fffffff },
+  node_silence_ms: { type: 'int', default: 2000, help: 'a launcher silent this long on the control plane is taken out of dispatch and its calls fail (0: never)', min: 0 },
   v: { type: 'int', default: 0, help: 'verbosity (>0: debug logs)' },
 } satisfies FlagSpecs;
 
@@ -48,6 +63,12 @@ export interface GatewayOptions {
   log: Logger;
   mergePolicyFile?: string;
   adminToken?: string;
+  /** cluster token; '' = none */
+  clusterToken?: string;
+  plainEngineAllow?: string;
+  clusterAuthTimeoutMs?: number;
+  engineMaxMessageBytes?: number;
+  nodeSilenceMs?: number;
 }
 
 export interface RunningGateway {
@@ -59,27 +80,27 @@ export interface RunningGateway {
   http: http.Server;
   policy: PolicyStore;
   admin: AdminApi;
+  drain: GatewayDrain;
   stop(): Promise<void>;
-}
-
-function listen(server: http.Server | import('node:http2').Http2Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port, backlog: 64 }, () => {
-      const a = server.address();
-      resolve(typeof a === 'object' && a ? a.port : port);
-    });
-  });
 }
 
 export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const maxBody = o.maxBodyBytes > 0 ? o.maxBodyBytes : 0x7fffffff;
   let dispatcher!: Dispatcher;
-  const engines = new EngineServer(o.log, {
-    onResult: (node, m) => dispatcher.onResult(node, m),
-    onNodeUp: (n) => dispatcher.nodeUp(n),
-    onNodeDown: (n) => dispatcher.nodeDown(n),
-  }, 0x7fffffff);
+  const token = o.clusterToken ?? '';
+  const authTimeoutMs = o.clusterAuthTimeoutMs ?? 5000;
+  const engines = new EngineServer({
+    log: o.log,
+    events: {
+      onResult: (node, m) => dispatcher.onResult(node, m),
+      onNodeUp: (n) => dispatcher.nodeUp(n),
+      onNodeDown: (n) => dispatcher.nodeDown(n),
+    },
+    maxPayload: o.engineMaxMessageBytes ?? 64 << 20,
+    token,
+    plainAllow: new AddressAllowList(o.plainEngineAllow ?? ''),
+    authTimeoutMs,
+  });
   dispatcher = new Dispatcher(engines, {
     maxRunningRequests: o.maxRunningRequests,
     lbPerFnRoundRobin: o.lbPerFnRoundRobin,
@@ -91,33 +112,54 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
     queued: () => dispatcher.queuedCount,
     nodes: () => engines.nodes.size,
   });
-  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string) => boolean) | undefined;
+  let extra: ((req: http.IncomingMessage, res: http.ServerResponse, path: string, query: string) => boolean) | undefined;
+  let drain!: GatewayDrain;
   const httpServer = createHttpFrontend({
     config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody,
-    extraRoutes: (req, res, path) => extra?.(req, res, path) ?? false,
+    extraRoutes: (req, res, path, query) => drain.refuse(req, res, path) || (extra?.(req, res, path, query) ?? false),
+    ready: () => drain.readiness(),
   });
   const grpcServer = createGrpcFrontend({ config: o.config, dispatcher, metrics, log: o.log, maxBodyBytes: maxBody });
+  drain = new GatewayDrain(engines, dispatcher, { http: httpServer, grpc: grpcServer }, o.log);
   let control: ControlServer | undefined;
   let controlPort = -1;
   const pushPolicy = () => control?.broadcast({ policy: { policy_json: policy.policy.text } });
   const policy = new PolicyStore(o.log, pushPolicy, o.mergePolicyFile ?? '');
   policy.init(); // an invalid policy file refuses the start, with errors naming the field and rule
+  const desired = new DesiredState(o.log, () => policy.policy.text);
   if (o.controlPort >= 0) {
-    control = new ControlServer(o.log);
+    control = new ControlServer({
+      log: o.log, token, authTimeoutMs, silenceMs: o.nodeSilenceMs ?? 2000,
+      engineInstance: (id) => {
+        const n = engines.nodes.get(id);
+        return n && { instance: n.instance, authenticated: n.authenticated };
+      },
+    });
     controlPort = await control.listen(o.listenAddr, o.controlPort);
-    control.onAttach = (n) => n.stream.write({ command_id: 0, policy: { policy_json: policy.policy.text } });
+    control.onAttach = (n) => desired.apply(control!, n);
+    control.onDrain = (n) => {
+      const node = engines.nodes.get(n.hello.node_id);
+      if (node && (!node.authenticated || node.instance === n.instance)) node.draining = true;
+    };
+    // Silent on the control plane: the engine link to it is as dead; fail its calls now, not at the timeout.
+    control.onSilent = (n) => engines.dropNode(n.hello.node_id, 'silent on the control plane', n.instance || undefined);
   }
-  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, policy, log: o.log });
-  metrics.cluster = { nodeStats: () => control?.nodeStats() ?? new Map(), extra: () => admin.metricFamilies() };
-  extra = admin.handle;
+  const admin = new AdminApi({ token: o.adminToken ?? '', config: o.config, control, engines, policy, log: o.log, desired });
+  const consoleUi = new ConsoleServer();
+  metrics.cluster = {
+    nodeStats: () => control?.nodeStats() ?? new Map(),
+    extra: () => [...admin.metricFamilies(), ...clusterFamilies(engines, control, dispatcher)],
+  };
+  extra = (req, res, path, query) => admin.handle(req, res, path, query) || consoleUi.handle(req, res, path);
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
-  const httpPort = await listen(httpServer, o.listenAddr, o.httpPort);
-  const grpcPort = await listen(grpcServer, o.listenAddr, o.grpcPort);
+  const httpPort = await listenOn(httpServer, o.listenAddr, o.httpPort);
+  const grpcPort = await listenOn(grpcServer, o.listenAddr, o.grpcPort);
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
-    engines, dispatcher, control, metrics, http: httpServer, policy, admin,
+    engines, dispatcher, control, metrics, http: httpServer, policy, admin, drain,
     async stop() {
       policy.close();
+      admin.close();
       dispatcher.failAll();
       httpServer.closeAllConnections?.();
       await Promise.all([
@@ -132,19 +174,33 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
 
 export async function runGateway(argv: string[]): Promise<RunningGateway | undefined> {
   if (argv.includes('--help')) {
-    process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS)}\n`);
+    process.stdout.write(`usage: nightfuse gateway [flags]\n${flagHelp(GATEWAY_FLAGS, { env: true })}\n`);
     return undefined;
   }
-  const { values: f } = parseFlags(GATEWAY_FLAGS, argv, { ignored: IGNORED_GATEWAY_FLAGS });
+  const parsed = parseFlags(GATEWAY_FLAGS, argv, { ignored: IGNORED_GATEWAY_FLAGS, env: process.env });
+  const f = parsed.values;
   if (f.v > 0) process.env.NIGHTFUSE_LOG_LEVEL ??= 'debug';
   const log = createLogger('gateway');
+  if (parsed.fromEnv.size > 0) log.info({ flags: [...parsed.fromEnv] }, 'flags from the environment (NIGHTFUSE_*)');
   if (!f.func_config_file) throw new Error('--func_config_file is required');
+  const clusterToken = checkClusterToken(secretFlag(parsed, 'cluster_token'));
+  if (!clusterToken) {
+    if (!isLoopbackAddress(f.listen_addr) && !f.insecure_cluster) {
+      throw new Error(`refusing to listen for engines on ${f.listen_addr} without a cluster token: any peer could register as a node, ` +
+        'take calls and answer them. Give --cluster_token, --cluster_token_file or NIGHTFUSE_CLUSTER_TOKEN (the same on every launcher), ' +
+        'or --insecure_cluster to accept that risk');
+    }
+    if (f.insecure_cluster) log.warn({ listenAddr: f.listen_addr }, 'INSECURE: no cluster token; any peer that reaches the engine or control port can act as a node');
+  }
+  if (f.plain_engine_allow && !clusterToken) log.warn('--plain_engine_allow has no effect without a cluster token: every engine is admitted');
   const config = loadFuncConfig(f.func_config_file);
   const gw = await startGateway({
     config, listenAddr: f.listen_addr, httpPort: f.http_port, grpcPort: f.grpc_port, engineConnPort: f.engine_conn_port,
     controlPort: f.control_port, maxRunningRequests: f.max_running_requests, lbPerFnRoundRobin: f.lb_per_fn_round_robin,
     lbPickLeastLoad: f.lb_pick_least_load, maxBodyBytes: f.max_body_bytes, callTimeoutMs: f.call_timeout_ms, log,
-    mergePolicyFile: f.merge_policy_file || undefined, adminToken: f.admin_token || process.env.NIGHTFUSE_ADMIN_TOKEN || '',
+    mergePolicyFile: f.merge_policy_file || undefined, adminToken: secretFlag(parsed, 'admin_token'),
+    clusterToken, plainEngineAllow: f.plain_engine_allow, clusterAuthTimeoutMs: f.cluster_auth_timeout_ms,
+    engineMaxMessageBytes: f.engine_max_message_bytes, nodeSilenceMs: f.node_silence_ms,
   });
   process.on('SIGHUP', () => {
     const r = gw.policy.reloadFile('SIGHUP');
@@ -154,12 +210,21 @@ export async function runGateway(argv: string[]): Promise<RunningGateway | undef
   process.stdout.write(
     `gateway ready http=${a}:${gw.ports.http} grpc=${a}:${gw.ports.grpc} engine=${a}:${gw.ports.engine} control=${a}:${gw.ports.control}\n`,
   );
+  // SIGTERM drains (orchestrators send it, then wait); SIGINT, or a second signal, stops at once.
+  let stopping = false;
   const stop = async (sig: string) => {
+    if (stopping) {
+      log.warn({ signal: sig }, 'second signal: stopping without waiting for calls in flight');
+      await gw.stop();
+      process.exit(0);
+    }
+    stopping = true;
     log.info({ signal: sig }, 'stopping');
+    if (sig === 'SIGTERM') await gw.drain.drain(f.drain_timeout_ms);
     await gw.stop();
     process.exit(0);
   };
-  process.once('SIGINT', () => void stop('SIGINT'));
-  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
   return gw;
 }

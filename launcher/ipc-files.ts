@@ -2,11 +2,15 @@
  * The IPC root's files, named as Nightcore names them (spec §5.3):
  *   <root>/engine.sock, <root>/fifo/worker_<cid>_{input,output},
  *   <root>/shm/<full_call_id>.{i,o}
+ * plus Nightfuse's own: <root>/merge.sock (merge runtimes connect there) and
+ * <root>/.nightfuse-ipc-root, which says which launcher process owns the root,
+ * so that a launcher killed with SIGKILL can be started again on the same root
+ * (its leftovers are recognisably its own) while a live owner is never evicted.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, unlinkSync, writeSync, constants as C } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync, writeSync, constants as C } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { lastErrno, libc } from './libc.js';
+import { lastErrno, libc } from '../common/libc.js';
 
 const mkfifoNative = libc.func('int mkfifo(const char *path, uint32_t mode)');
 
@@ -24,14 +28,19 @@ export class IpcRoot {
   /**
    * Recreates the root empty, as Nightcore's engine does, but refuses to wipe
    * a directory holding anything other than an IPC root's own entries
-   * (Nightcore would `rm -rf` whatever it is pointed at).
+   * (Nightcore would `rm -rf` whatever it is pointed at), and refuses a root
+   * that a live engine serves or a live launcher owns.
    */
   async prepare(): Promise<void> {
     if (existsSync(this.socketPath) && (await socketIsLive(this.socketPath))) {
       throw new Error(`another engine is serving ${this.socketPath}; give this one its own --root_path_for_ipc`);
     }
     if (existsSync(this.root)) {
-      const foreign = readdirSync(this.root).filter((n) => !['engine.sock', 'shm', 'fifo'].includes(n));
+      const owner = readOwner(this.root);
+      if (owner && processAlive(owner)) {
+        throw new Error(`${this.root} belongs to launcher pid ${owner.pid}, which is still running; give this one its own --root_path_for_ipc`);
+      }
+      const foreign = foreignEntries(this.root);
       if (foreign.length > 0) {
         throw new Error(
           `refusing to wipe ${this.root}: it holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}, ` +
@@ -42,6 +51,7 @@ export class IpcRoot {
     }
     mkdirSync(this.shmDir, { recursive: true, mode: 0o775 });
     mkdirSync(this.fifoDir, { recursive: true, mode: 0o775 });
+    writeFileSync(join(this.root, OWNER_FILE), JSON.stringify(selfOwner()) + '\n', { mode: 0o644 });
   }
 
   workerFifo(clientId: number, dir: 'input' | 'output'): string {
@@ -120,6 +130,76 @@ export class IpcRoot {
   destroy(): void {
     rmSync(this.root, { recursive: true, force: true });
   }
+}
+
+const OWNER_FILE = '.nightfuse-ipc-root';
+
+interface Owner {
+  pid: number;
+  /** the process's start time (clock ticks since boot, /proc/<pid>/stat field 22): pids are reused */
+  start: string;
+}
+
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function selfOwner(): Owner {
+  return { pid: process.pid, start: startTimeOf(process.pid) ?? '' };
+}
+
+function readOwner(root: string): Owner | undefined {
+  try {
+    const o = JSON.parse(readFileSync(join(root, OWNER_FILE), 'utf8')) as Owner;
+    return Number.isInteger(o.pid) && typeof o.start === 'string' ? o : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function processAlive(o: Owner): boolean {
+  return o.pid !== process.pid && startTimeOf(o.pid) === o.start;
+}
+
+/** Entries of `root` that no IPC root of ours (or Nightcore's) would hold. */
+function foreignEntries(root: string): string[] {
+  const known: Record<string, RegExp | null> = {
+    'engine.sock': null, 'merge.sock': null, [OWNER_FILE]: null,
+    shm: /^\d+\.[io]$/, fifo: /^worker_\d+_(input|output)$/,
+  };
+  const out: string[] = [];
+  for (const name of readdirSync(root)) {
+    if (!(name in known)) {
+      out.push(name);
+      continue;
+    }
+    const inner = known[name];
+    if (!inner) continue;
+    try {
+      for (const sub of readdirSync(join(root, name))) if (!inner.test(sub)) out.push(`${name}/${sub}`);
+    } catch {
+      out.push(name); // a file where a folder belongs
+    }
+  }
+  return out;
+}
+
+/**
+ * Removes an IPC root whose owner is gone (`nightfuse up`, after its launcher
+ * ended however it ended). Leaves alone a root that is not one, or whose owner
+ * still runs; returns whether it removed it.
+ */
+export function removeIpcRoot(root: string): boolean {
+  if (!existsSync(root)) return false;
+  const owner = readOwner(root);
+  if (!owner || processAlive(owner) || foreignEntries(root).length > 0) return false;
+  rmSync(root, { recursive: true, force: true });
+  return true;
 }
 
 function socketIsLive(path: string): Promise<boolean> {

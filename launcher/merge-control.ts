@@ -17,7 +17,7 @@ import {
 import { inject, type InjectFn, type InjectReport } from './injector.js';
 import type { NodeAgent, Worker } from './node-agent.js';
 import { rmQuiet } from './ipc-files.js';
-import { libc } from './libc.js';
+import { libc } from '../common/libc.js';
 
 const tgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const SIGURG = 23;

@@ -417,11 +417,11 @@ export class MergeOrchestrator {
     }
   }
 
-  mergeStates(): { caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string }[] {
+  mergeStates(): { caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string; manual: boolean }[] {
     return [...this.pairs.values()].map((p) => ({
       caller: p.caller, callee: p.callee, isolation: p.isolation,
       workers_merged: [...p.workers.values()].filter((x) => x.ok).length,
-      workers_total: this.targetsOf(p).length, since_ms: p.since, state: p.state,
+      workers_total: this.targetsOf(p).length, since_ms: p.since, state: p.state, manual: p.manual,
     }));
   }
 }

@@ -8,7 +8,7 @@
  * when the process exits) and reap them ourselves.
  */
 import net from 'node:net';
-import { lastErrno, libc } from './libc.js';
+import { lastErrno, libc } from '../common/libc.js';
 
 const socketpair = libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)');
 const faInit = libc.func('int posix_spawn_file_actions_init(void *fa)');
@@ -18,6 +18,20 @@ const faOpen = libc.func('int posix_spawn_file_actions_addopen(void *fa, int fd,
 const posixSpawn = libc.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
 const waitpidNative = libc.func('int waitpid(int pid, _Out_ int *status, int options)');
 const closeNative = libc.func('int close(int fd)');
+const prctl = libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)');
+const PR_CAP_AMBIENT = 47;
+const PR_CAP_AMBIENT_CLEAR_ALL = 4;
+
+/**
+ * Function code must not inherit the launcher's CAP_SYS_PTRACE. Some runtimes
+ * (podman, for non-root users) grant an added capability as *ambient*, which
+ * exec passes on to every child; clearing the launcher's ambient set keeps
+ * its own effective capabilities and gives its (non-root) workers none.
+ * Returns false where the kernel has no ambient capabilities (nothing to clear).
+ */
+export function clearAmbientCapabilities(): boolean {
+  return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) === 0;
+}
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;

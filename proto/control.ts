@@ -17,7 +17,10 @@ const pkg = grpc.loadPackageDefinition(def) as unknown as {
 export const ControlPlaneClient = pkg.nightfuse.control.v1.ControlPlane;
 export const ControlPlaneService = ControlPlaneClient.service;
 
-export interface Hello { node_id: number; hostname: string; pid: number; functions: string[] }
+export interface Hello {
+  node_id: number; hostname: string; pid: number; functions: string[]; instance_id?: Buffer; nonce?: Buffer; proof?: Buffer; stats?: Stats | null;
+}
+export interface Heartbeat { at_ms: number }
 export interface FunctionStats {
   name: string; func_id: number; workers: number; idle: number; busy: number; queued: number;
   calls: number; failures: number; restarts: number; pids: number[];
@@ -28,6 +31,7 @@ export interface EdgeStatsMsg {
 }
 export interface MergeStateMsg {
   caller: string; callee: string; isolation: string; workers_merged: number; workers_total: number; since_ms: number; state: string;
+  manual?: boolean;
 }
 export interface Stats {
   at_ms: number; functions: FunctionStats[]; edges: EdgeStatsMsg[]; merges: MergeStateMsg[];
@@ -38,13 +42,17 @@ export interface MergeEventMsg {
 }
 export interface CommandResult { command_id: number; ok: boolean; error: string; detail_json: string }
 export interface NodeReport {
-  hello?: Hello; stats?: Stats; merge_event?: MergeEventMsg; command_result?: CommandResult;
-  body?: 'hello' | 'stats' | 'merge_event' | 'command_result';
+  hello?: Hello; stats?: Stats; merge_event?: MergeEventMsg; command_result?: CommandResult; heartbeat?: Heartbeat;
+  drain?: { reason: string };
+  body?: 'hello' | 'stats' | 'merge_event' | 'command_result' | 'heartbeat' | 'drain';
 }
 export interface GatewayCommand {
   command_id: number;
   policy?: { policy_json: string };
   merge?: { caller: string; callee: string; isolation: string };
   unmerge?: { caller: string; callee: string };
-  body?: 'policy' | 'merge' | 'unmerge';
+  challenge?: { nonce: Buffer };
+  welcome?: { proof: Buffer; silence_ms: number };
+  heartbeat?: Heartbeat;
+  body?: 'policy' | 'merge' | 'unmerge' | 'challenge' | 'welcome' | 'heartbeat';
 }

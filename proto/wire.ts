@@ -126,7 +126,11 @@ export class WireError extends Error {
 export class GatewayFrameReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
-  constructor(private readonly maxPayload = MAX_GATEWAY_PAYLOAD) {}
+  /** raised once a connection has authenticated: before that a peer may send only tiny frames */
+  maxPayload: number;
+  constructor(maxPayload = MAX_GATEWAY_PAYLOAD) {
+    this.maxPayload = maxPayload;
+  }
 
   feed(chunk: Buffer): GatewayMessage[] {
     this.chunks.push(chunk);
@@ -174,6 +178,100 @@ export class GatewayFrameReader {
     else this.chunks[0] = head.subarray(n);
     this.buffered -= n;
     return whole;
+  }
+}
+
+// ------------------------------------------- gateway link: cluster authentication
+//
+// A Nightfuse extension that a Nightcore peer never sees: a launcher sends it
+// only when it has a cluster token, and a gateway answers only such a hello.
+//
+//   launcher -> gateway  ENGINE_HANDSHAKE(node_id, conn_id), payload AUTH_HELLO:
+//                        "NFAUTH01" | instance id (8) | launcher nonce (32)
+//   gateway  -> launcher HANDSHAKE_RESPONSE, payload AUTH_CHALLENGE:
+//                        "NFCHAL01" | gateway nonce (32) | gateway proof (32)
+//   launcher -> gateway  HANDSHAKE_RESPONSE, payload AUTH_PROOF: "NFPROOF1" | launcher proof (32)
+//   gateway  -> launcher HANDSHAKE_RESPONSE, payload "NFACCEPT", or "NFREFUSE" | reason (UTF-8)
+//
+// The proofs are HMACs keyed by the token (common/cluster-auth.ts); the
+// gateway proves itself first, so a launcher never answers an impostor.
+
+export const AUTH_MAGIC = {
+  hello: 'NFAUTH01',
+  challenge: 'NFCHAL01',
+  proof: 'NFPROOF1',
+  accept: 'NFACCEPT',
+  refuse: 'NFREFUSE',
+} as const;
+export type AuthKind = keyof typeof AUTH_MAGIC;
+const AUTH_MAGIC_LEN = 8;
+const AUTH_NONCE = 32;
+const AUTH_PROOF = 32;
+const AUTH_INSTANCE = 8;
+/** Longest refusal reason we send or read (bytes). */
+export const AUTH_MAX_REASON = 512;
+/** Largest frame a peer may send before it has authenticated. */
+export const MAX_UNAUTHENTICATED_PAYLOAD = 1024;
+
+export type AuthFrame =
+  | { kind: 'hello'; instance: Buffer; nonce: Buffer }
+  | { kind: 'challenge'; nonce: Buffer; proof: Buffer }
+  | { kind: 'proof'; proof: Buffer }
+  | { kind: 'accept' }
+  | { kind: 'refuse'; reason: string };
+
+const AUTH_SIZES: Record<AuthKind, number> = {
+  hello: AUTH_MAGIC_LEN + AUTH_INSTANCE + AUTH_NONCE,
+  challenge: AUTH_MAGIC_LEN + AUTH_NONCE + AUTH_PROOF,
+  proof: AUTH_MAGIC_LEN + AUTH_PROOF,
+  accept: AUTH_MAGIC_LEN,
+  refuse: -1,
+};
+
+/** The whole frame (header + payload) for one step of the handshake. */
+export function encodeAuthFrame(f: AuthFrame, nodeId = 0, connId = 0): Buffer {
+  let body: Buffer[];
+  switch (f.kind) {
+    case 'hello': body = [f.instance, f.nonce]; break;
+    case 'challenge': body = [f.nonce, f.proof]; break;
+    case 'proof': body = [f.proof]; break;
+    case 'accept': body = []; break;
+    case 'refuse': body = [Buffer.from(f.reason).subarray(0, AUTH_MAX_REASON)]; break;
+  }
+  const payload = Buffer.concat([Buffer.from(AUTH_MAGIC[f.kind], 'latin1'), ...body]);
+  if (f.kind !== 'refuse' && payload.length !== AUTH_SIZES[f.kind]) throw new RangeError(`auth ${f.kind}: wrong field sizes`);
+  if (f.kind === 'hello') {
+    const h = encodeEngineHandshake(nodeId, connId);
+    h.writeInt32LE(payload.length, 12);
+    return Buffer.concat([h, payload]);
+  }
+  return Buffer.concat([encodeGatewayHeader(MessageType.HANDSHAKE_RESPONSE, 0n, payload.length), payload]);
+}
+
+/**
+ * Reads a handshake step from a gateway-link message: undefined when the
+ * message is not one (a plain ENGINE_HANDSHAKE has no payload); WireError when
+ * it claims to be one but is malformed.
+ */
+export function decodeAuthFrame(m: GatewayMessage): AuthFrame | undefined {
+  if (m.type !== MessageType.ENGINE_HANDSHAKE && m.type !== MessageType.HANDSHAKE_RESPONSE) return undefined;
+  if (m.payload.length === 0 && m.type === MessageType.ENGINE_HANDSHAKE) return undefined;
+  const p = m.payload;
+  const magic = p.subarray(0, AUTH_MAGIC_LEN).toString('latin1');
+  const kind = (Object.keys(AUTH_MAGIC) as AuthKind[]).find((k) => AUTH_MAGIC[k] === magic);
+  if (!kind) throw new WireError(`gateway link: handshake payload of ${p.length} bytes is not a Nightfuse authentication step`);
+  if ((kind === 'hello') !== (m.type === MessageType.ENGINE_HANDSHAKE)) throw new WireError(`gateway link: auth ${kind} in the wrong message type ${m.type}`);
+  if (kind === 'refuse') {
+    if (p.length > AUTH_MAGIC_LEN + AUTH_MAX_REASON) throw new WireError('gateway link: refusal reason too long');
+    return { kind, reason: p.subarray(AUTH_MAGIC_LEN).toString('utf8') };
+  }
+  if (p.length !== AUTH_SIZES[kind]) throw new WireError(`gateway link: auth ${kind} of ${p.length} bytes, expected ${AUTH_SIZES[kind]}`);
+  const at = (o: number, n: number) => Buffer.from(p.subarray(o, o + n));
+  switch (kind) {
+    case 'hello': return { kind, instance: at(8, AUTH_INSTANCE), nonce: at(8 + AUTH_INSTANCE, AUTH_NONCE) };
+    case 'challenge': return { kind, nonce: at(8, AUTH_NONCE), proof: at(8 + AUTH_NONCE, AUTH_PROOF) };
+    case 'proof': return { kind, proof: at(8, AUTH_PROOF) };
+    case 'accept': return { kind };
   }
 }
 

@@ -186,7 +186,7 @@ t.test('an invalid policy file refuses the gateway start, naming the field and r
   const bad = join(dir, 'bad.yaml');
   writeFileSync(bad, 'rules:\n  - { caller: A, callee: B, mode: maybe }\n');
   const port = await freePort();
-  const err = await startProcess(['gateway', `--http_port=${port}`, '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--func_config_file=${config}`, `--merge_policy_file=${bad}`], /gateway ready/, 10000)
+  const err = await startProcess(['gateway', '--listen_addr=127.0.0.1', `--http_port=${port}`, '--grpc_port=0', '--engine_conn_port=0', '--control_port=0', `--func_config_file=${config}`, `--merge_policy_file=${bad}`], /gateway ready/, 10000)
     .then((p) => { void stopProcess(p.child); return ''; }, (e: Error) => e.message);
   t.match(err, /rules\[0\] \(A -> B\)\.mode: must be one of auto, always, never/);
   const port2 = await freePort();

@@ -17,6 +17,7 @@
 #include "inject_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -443,7 +444,10 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   char exe[64];
   snprintf(exe, sizeof exe, "/proc/%d/exe", pid);
   if (kill(pid, 0) != 0 && errno == ESRCH) { nf_fail(rep, "no process %d", pid); goto out; }
-  if (access(exe, R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
+  /* AT_EACCESS: with our effective credentials. Plain access(2) checks with the real ones and
+   * clears a non-root caller's capabilities, so a target holding any (podman hands a non-root
+   * container's capabilities to every process as ambient ones) looked untraceable. */
+  if (faccessat(AT_FDCWD, exe, R_OK, AT_EACCESS) != 0 && (errno == EACCES || errno == EPERM)) {
     nf_fail(rep, "not permitted to trace process %d (%s on %s): it is not yours, or ptrace is restricted (see ptrace(2), /proc/sys/kernel/yama/ptrace_scope)",
             pid, strerror(errno), exe);
     goto out;

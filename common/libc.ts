@@ -1,4 +1,4 @@
-/** The launcher's one handle on libc through koffi (mkfifo, posix_spawn, tgkill, …), and errno. */
+/** The one handle on libc through koffi (mkfifo, posix_spawn, tgkill, setsockopt, …), and errno. */
 import koffi from 'koffi';
 
 export const libc = koffi.load('libc.so.6');
