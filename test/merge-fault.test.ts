@@ -28,6 +28,8 @@ writeFileSync(policy, [
 let stack: Stack;
 t.before(async () => {
   stack = await startStack({ config, gatewayFlags: [`--merge_policy_file=${policy}`, `--admin_token=${TOKEN}`], launcherFlags: ['--merge_tick_ms=200'] });
+  // A manual merge goes to the nodes the gateway knows run the caller: wait for the first report.
+  await waitFor(async () => ((await admin('GET', '/functions')).data as any[]).some((f) => f.name === 'Faulty' && f.workers > 0), 10000, 'Faulty reported');
 });
 t.teardown(() => stack?.stop());
 
@@ -55,13 +57,14 @@ function workerPids(funcId: number): number[] {
   }).sort();
 }
 
-/** The pid the launcher says it retires (from its structured log), once it says so. */
-function retiredPids(): number[] {
+/** The workers the launcher says it retires (from its structured log), once it says so. */
+function retired(): { pid: number; func: string }[] {
   return stack.launcherStderr().split('\n').filter((l) => l.includes('retiring a possibly damaged worker')).map((l) => {
     try {
-      return Number(JSON.parse(l).pid);
+      const j = JSON.parse(l);
+      return { pid: Number(j.pid), func: String(j.func) };
     } catch {
-      return NaN;
+      return { pid: NaN, func: '' };
     }
   });
 }
@@ -70,24 +73,24 @@ for (const isolation of ['inline', 'thread']) {
   t.test(`a merged callee faults (${isolation}) under continuous load: only that call fails, the worker is replaced`, async (t) => {
     const merged = await admin('POST', '/merges', JSON.stringify({ caller: 'Faulty', callee: 'Crashy', isolation }));
     t.equal(merged.status, 200, `merged by hand: ${JSON.stringify(merged.data).slice(0, 300)}`);
-    const before = workerPids(FAULTY);
-    const retiredBefore = retiredPids().length;
-    t.ok(before.length >= 1, `Faulty workers ${before.join(', ')}`);
+    const retiredBefore = retired().length;
+    t.ok(workerPids(FAULTY).length >= 1, `Faulty workers ${workerPids(FAULTY).join(', ')}`);
     const loop = loadLoop(stack.httpPort, '/function/Faulty', (i) => `call:Crashy:${isolation}-${i}`, (i) => `${isolation}-${i}`, 2);
     await new Promise((r) => setTimeout(r, 400));
+    const atFault = workerPids(FAULTY); // the replacement starts before the faulting call even returns
     const crash = await post(stack.httpPort, '/function/Faulty', 'call:Crashy:crash');
     t.equal(crash.status, 500, 'the call that faults fails');
-    await waitFor(() => retiredPids().length > retiredBefore, 5000, 'the launcher retires the worker');
-    const damaged = retiredPids().at(-1)!;
-    t.ok(before.includes(damaged), `the damaged worker ${damaged} was one of Faulty's`);
-    await waitFor(() => !workerPids(FAULTY).includes(damaged), 5000, 'the damaged worker is stopped');
-    await waitFor(() => workerPids(FAULTY).some((p) => !before.includes(p)), 5000, 'a replacement is running');
+    await waitFor(() => retired().length > retiredBefore, 5000, 'the launcher retires the worker');
+    const damaged = retired().at(-1)!;
+    t.equal(damaged.func, 'Faulty', `the damaged worker ${damaged.pid} is a Faulty worker`);
+    await waitFor(() => !workerPids(FAULTY).includes(damaged.pid), 5000, 'the damaged worker is stopped');
+    await waitFor(() => workerPids(FAULTY).some((p) => !atFault.includes(p)), 5000, 'a replacement is running');
     await new Promise((r) => setTimeout(r, 500)); // load keeps flowing through the replacement
     await loop.stop();
     t.same(loop.stats.bad, [], 'no other call failed, before, during or after');
     t.ok(loop.stats.ok > 20, `${loop.stats.ok} calls checked`);
     const after = workerPids(FAULTY);
-    t.notOk(after.includes(damaged), `Faulty workers now ${after.join(', ')}`);
+    t.notOk(after.includes(damaged.pid), `Faulty workers now ${after.join(', ')}`);
     await waitFor(async () => !((await admin('GET', '/merges')).data as any[]).some((m) => m.caller === 'Faulty' && m.callee === 'Crashy'), 5000, 'unmerged after the fault');
     const events = (await admin('GET', '/events')).data as any[];
     t.ok(events.some((e) => e.kind === 'fault' && e.callee === 'Crashy'), 'fault event');

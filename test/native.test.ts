@@ -6,6 +6,9 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from './helpers.js';
 
+// Two sanitizer builds of everything native, then every program three ways: more than tap's default per file.
+t.setTimeout(300_000);
+
 const native = join(ROOT, 'native');
 const GOLDEN = join(ROOT, 'proto', 'golden.txt');
 
@@ -49,7 +52,7 @@ t.test('C tests', async (t) => {
 });
 
 t.test('C tests under AddressSanitizer + UndefinedBehaviorSanitizer', async (t) => {
-  const r = spawnSync('make', ['-s', '-C', native, 'asan'], { encoding: 'utf8' });
+  const r = spawnSync('make', ['-s', '-j2', '-C', native, 'asan'], { encoding: 'utf8' });
   t.equal(r.status, 0, 'make asan', { stderr: r.stderr.slice(-2000) });
   if (r.status !== 0) return;
   const dir = join(native, 'build-asan', 'test');
@@ -63,7 +66,7 @@ t.test('C tests under AddressSanitizer + UndefinedBehaviorSanitizer', async (t) 
 });
 
 t.test('merge runtime under ThreadSanitizer', async (t) => {
-  const r = spawnSync('make', ['-s', '-C', native, 'tsan'], { encoding: 'utf8' });
+  const r = spawnSync('make', ['-s', '-j2', '-C', native, 'tsan'], { encoding: 'utf8' });
   t.equal(r.status, 0, 'make tsan', { stderr: r.stderr.slice(-2000) });
   if (r.status !== 0) return;
   const dir = join(native, 'build-tsan', 'test');

@@ -63,7 +63,7 @@ static void test_mallinfo(void) { hazard("mallinfo", NULL, "thread loops mallinf
 static void test_ctor_wait(void) {
   char lib[1200];
   snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
-  hazard("ctorwait", lib, "thread sits in futex inside dlopen (the loader lock held, a constructor waiting for a contended mutex)", "probe_noop", 1000, 5);
+  hazard("ctorwait", lib, "thread sits in futex inside dlopen (the loader lock held, a constructor waiting for a contended mutex)", "probe_noop", 2000, 5);
 }
 
 /* A call that outlives its timeout: left to finish, the thread restores itself. */
@@ -318,7 +318,7 @@ static pid_t second_thread(pid_t pid) {
 
 static void test_dstate(void) {
   target t;
-  CHECK(start_target("target_dstate", "3000", &t) == 0, "start a target whose thread waits in vfork (D state, 3 s at a time)");
+  CHECK(start_target("target_dstate", "2000", &t) == 0, "start a target whose thread waits in vfork (D state, 2 s at a time)");
   pid_t v = second_thread(t.pid);
   char s = '?';
   for (int i = 0; i < 200 && (s = thread_state_of(t.pid, v)) != 'D'; i++) usleep(2000);

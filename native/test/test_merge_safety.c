@@ -375,7 +375,7 @@ static void test_cycles(int n) {
   printf("# under ThreadSanitizer: mappings %d -> %d, address space %ld -> %ld KiB (its own shadow)\n", before.maps, after.maps,
          before.vm_kib, after.vm_kib);
 #else
-  CHECK(after.maps <= before.maps + 4, "mappings %d -> %d", before.maps, after.maps);
+  CHECK(after.maps <= before.maps + 8, "mappings %d -> %d (the allocator may add a few)", before.maps, after.maps);
   CHECK(after.vm_kib <= before.vm_kib + 4096, "address space %ld -> %ld KiB (a 64 KiB altstack or stack per cycle would add %d MiB)", before.vm_kib,
         after.vm_kib, n * 64 / 1024);
 #endif

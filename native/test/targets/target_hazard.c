@@ -58,7 +58,7 @@ static void* ctor_loader(void* a) {
     void* h = dlopen(ctor_lib, RTLD_NOW | RTLD_LOCAL);
     if (h) dlclose(h);
     atomic_fetch_add(&progress, 1);
-    sleep_ms(10); /* else it takes the loader lock back at once, and others starve */
+    sleep_ms(30); /* else it takes the loader lock back at once, and others starve */
   }
   return NULL;
 }
