@@ -14,7 +14,7 @@ import {
   decodeFault, decodeHello, decodeReply, encode, type Fault, type Hello, type Isolation, MP_REPLY, MpFrameReader, MpType,
   readHeader, type StatsReply,
 } from '../proto/merge-wire.js';
-import { inject, type InjectReport } from './injector.js';
+import { inject, type InjectFn, type InjectReport } from './injector.js';
 import type { NodeAgent, Worker } from './node-agent.js';
 import { rmQuiet } from './ipc-files.js';
 import { libc } from '../common/libc.js';
@@ -108,9 +108,12 @@ export interface MergeControlOptions {
   agent: NodeAgent;
   log: Logger;
   runtimeLibrary?: string;
+  /** a merged callee faulted: the worker may be damaged (retire it); called before the faulting call may return */
   onFault?: (s: MergeSession, f: Fault) => void;
   /** how long injection waits for a thread in a system call */
   safeWaitMs?: number;
+  /** the injector to use (default: ours; benchmarks pass another build's, see loadInjector) */
+  injector?: InjectFn;
   /** whose calls a callee loaded in a worker serves (the merged pair's caller); default: the worker's function */
   callerOf?: (clientId: number, callee: string) => string | undefined;
 }
@@ -173,12 +176,20 @@ export class MergeControl {
           continue;
         }
         if (type === MpType.FAULT) {
+          let fault: Fault | undefined;
           try {
-            const fault = decodeFault(f);
-            this.o.log.error({ worker: session.worker.clientId, workerPid: session.hello.pid, ...fault }, 'merged callee faulted; its route is off');
-            this.o.onFault?.(session, fault);
+            fault = decodeFault(f);
           } catch (err) {
             this.o.log.warn({ err: (err as Error).message }, 'malformed FAULT event');
+          }
+          if (fault) {
+            this.o.log.error({ worker: session.worker.clientId, workerPid: session.hello.pid, ...fault }, 'merged callee faulted; its route is off and the worker is possibly damaged');
+            try {
+              this.o.onFault?.(session, fault); // takes the worker out of dispatch, synchronously
+            } finally {
+              // The faulting call is still waiting in the worker: only now may it return.
+              if (fault.id !== 0 && !socket.destroyed) socket.write(encode.faultAck(fault.id));
+            }
           }
           continue;
         }
@@ -229,7 +240,7 @@ export class MergeControl {
     let session: MergeSession | undefined;
     try {
       if ((w.state as string) === 'dead') throw new MergeError(`worker ${w.clientId} died while being held`);
-      report = await inject(w.pid, this.o.runtimeLibrary ?? MERGE_RUNTIME_LIBRARY, {
+      report = await (this.o.injector ?? inject)(w.pid, this.o.runtimeLibrary ?? MERGE_RUNTIME_LIBRARY, {
         entry, arg: entry ? this.socketPath : undefined, safeWaitMs: this.o.safeWaitMs ?? 50, timeoutMs: 5000,
       });
       if (report.ok && !entry) tgkill(w.pid, w.pid, SIGURG);

@@ -8,8 +8,8 @@
  * caller's processing time spent waiting on this edge's IPC; merge an edge the
  * policy allows once it has been hot for `sustainSec`; unmerge a merged edge
  * that stayed below `unmergeBelowCallsPerSec` for `sustainSec`, whose callee
- * library changed, that the policy now forbids, or whose callee faulted.
- * After an unmerge the pair is held back for `cooldownSec`.
+ * library changed, that the policy now forbids, or whose callee faulted
+ * (that worker is also replaced: NodeAgent.retireWorker). After an unmerge the pair is held back for `cooldownSec`.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
@@ -272,7 +272,8 @@ export class MergeOrchestrator {
     if (!entry?.ok || (refs && refs.size > 0)) return;
     this.loaded.get(clientId)?.delete(p.callee);
     const s = this.control.sessions.get(clientId);
-    if (!s || s.closed) return;
+    // A retiring worker is left alone: an UNLOAD there could need a lock the fault left held.
+    if (!s || s.closed || this.agent.workerByClientId(clientId)?.retiring) return;
     try {
       await s.route(p.callee, false);
       await s.unload(p.callee);
@@ -304,11 +305,16 @@ export class MergeOrchestrator {
     if (holdBack) this.holdBack(p, reason);
   }
 
-  /** A callee faulted in a worker: every pair that put it there is unmerged and held back. */
+  /**
+   * A callee faulted in a worker: the worker may be damaged (a lock the callee
+   * held stays held), so it is drained and replaced; every pair that put the
+   * callee there is unmerged and held back.
+   */
   onFault(clientId: number, callee: string, signal: number): void {
     this.decisions.fault++;
     const pairs = [...this.pairs.values()].filter((p) => p.callee === callee && p.workers.has(clientId));
     const w = this.agent.workerByClientId(clientId);
+    if (w) this.agent.retireWorker(w, `merged callee ${callee} faulted (signal ${signal})`);
     if (pairs.length === 0 && w) pairs.push({ caller: w.pool.entry.funcName, callee } as PairState);
     for (const p of pairs) {
       this.event('fault', p, `callee raised signal ${signal} in worker ${clientId}`, { signal, worker: clientId });

@@ -288,6 +288,7 @@ export class NodeAgent {
     // Results of this worker's own nested calls have nowhere to go; finish() cleans them up.
     this.onWorkerExit?.(w);
     if (this.stopping) return;
+    if (w.retiring) return void this.ensureCapacity(pool); // replaced on purpose, not a crash
     pool.counters.restarts++;
     const quick = Date.now() - w.startedAt < 1000 || !wasReady;
     pool.crashStreak = quick ? pool.crashStreak + 1 : 0;
@@ -346,6 +347,11 @@ export class NodeAgent {
   /** A worker became free: give it the oldest queued call, or park it. */
   private releaseWorker(w: Worker): void {
     if (w.state === 'dead') return;
+    if (w.retiring) {
+      w.state = 'idle';
+      this.stopRetired(w);
+      return;
+    }
     if (w.held) {
       w.state = 'idle';
       const waiter = w.heldWaiter;
@@ -533,6 +539,30 @@ export class NodeAgent {
       w.held = false;
       this.releaseWorker(w);
     };
+  }
+
+  /**
+   * Drains and replaces a worker that may be damaged: a replacement starts
+   * now, no call is dispatched to it any more, its current call (if any) may
+   * finish (within `drainMs`), then it is stopped. No call fails because of it.
+   */
+  retireWorker(w: Worker, reason: string, drainMs = 10000): void {
+    if (w.retiring || w.state === 'dead') return;
+    w.retiring = reason;
+    this.log.warn({ func: w.pool.entry.funcName, clientId: w.clientId, workerPid: w.pid, reason, busy: w.state === 'busy' }, 'retiring a possibly damaged worker; starting its replacement');
+    this.ensureCapacity(w.pool);
+    if (w.state !== 'busy' && w.state !== 'starting' && !w.heldWaiter) this.stopRetired(w);
+    // A call that cannot finish (the damage may be a lock held forever) ends with the worker.
+    const drain = setTimeout(() => this.workerDead(w, `retired (${reason}): its call did not finish within ${drainMs} ms`), drainMs);
+    drain.unref();
+    void w.proc.exited.then(() => clearTimeout(drain));
+  }
+
+  private stopRetired(w: Worker): void {
+    w.proc.kill('SIGTERM');
+    const kill = setTimeout(() => w.proc.kill('SIGKILL'), 2000);
+    kill.unref();
+    void w.proc.exited.then(() => clearTimeout(kill));
   }
 
   workerByClientId(clientId: number): Worker | undefined {

@@ -42,6 +42,8 @@ export class Worker {
   handshakeTimer: NodeJS.Timeout | undefined;
   /** held out of dispatch (injection in progress); `heldWaiter` resolves once it is idle */
   held = false;
+  /** possibly damaged (a merged callee faulted in it): out of dispatch for good, stopped once its call is done */
+  retiring: string | undefined;
   heldWaiter: (() => void) | undefined;
   readonly startedAt = Date.now();
   constructor(
@@ -53,9 +55,9 @@ export class Worker {
   get pid(): number {
     return this.proc.pid;
   }
-  /** handshaken and alive: it can take calls (or is taking one) */
+  /** handshaken, alive and not being retired: it can take calls (or is taking one) */
   get ready(): boolean {
-    return this.state === 'idle' || this.state === 'busy';
+    return (this.state === 'idle' || this.state === 'busy') && !this.retiring;
   }
 }
 
@@ -88,9 +90,10 @@ export class FunctionPool {
     const m = this.entry.maxWorkers;
     return m === undefined || m <= 0 ? Infinity : m;
   }
+  /** workers that are or will be capacity (a retiring one is not) */
   get live(): number {
     let n = 0;
-    for (const w of this.workers.values()) if (w.state !== 'dead') n++;
+    for (const w of this.workers.values()) if (w.state !== 'dead' && !w.retiring) n++;
     return n;
   }
   get starting(): number {
@@ -119,7 +122,7 @@ export class FunctionPool {
     for (;;) {
       const w = this.idle.pop();
       if (!w) return undefined;
-      if (w.state === 'idle' && !w.held) return w; // a held worker is pushed back when released
+      if (w.state === 'idle' && !w.held && !w.retiring) return w; // a held worker is pushed back when released
     }
   }
   get runnable(): boolean {

@@ -7,6 +7,11 @@ export const MP_HEADER = 16;
 export const MP_MAX_FRAME = 65536;
 export const MP_HIST = 32;
 export const MP_REPLY = 0x8000;
+/** Longest callee name and library path a runtime accepts: longer ones are refused, never truncated. */
+export const MP_MAX_NAME = 255;
+export const MP_MAX_PATH = 4095;
+/** FAULT flags: the faulting instruction was in the callee's own code. */
+export const MP_FAULT_IN_CALLEE = 1;
 
 export const MpType = { HELLO: 1, LOAD: 2, ROUTE: 3, UNLOAD: 4, STATS: 5, FAULT: 6 } as const;
 export type MpType = (typeof MpType)[keyof typeof MpType];
@@ -60,16 +65,32 @@ export function readHeader(f: Buffer): MpHeader {
   return { length: f.readUInt32LE(0), type: f.readUInt16LE(4), requestId: f.readUInt32LE(8), status: f.readInt32LE(12) };
 }
 
+function limited(what: string, s: string, max: number): string {
+  const n = Buffer.byteLength(s, 'utf8');
+  if (n === 0 || n > max) throw new RangeError(`${what} of ${n} bytes: must be 1..${max} bytes (the merge runtime refuses longer ones)`);
+  return s;
+}
+const name = (s: string) => limited('callee name', s, MP_MAX_NAME);
+
 export const encode = {
   load: (id: number, callee: string, library: string, isolation: Isolation, instances: number, stackKib = 0): Buffer =>
-    new Writer().str(callee).str(library).u8(ISOLATIONS.indexOf(isolation)).u8(0).u16(instances).u32(stackKib).frame(MpType.LOAD, id),
-  route: (id: number, callee: string, on: boolean): Buffer => new Writer().str(callee).u8(on ? 1 : 0).frame(MpType.ROUTE, id),
-  unload: (id: number, callee: string, timeoutMs: number): Buffer => new Writer().str(callee).u32(timeoutMs).frame(MpType.UNLOAD, id),
+    new Writer().str(name(callee)).str(limited('library path', library, MP_MAX_PATH)).u8(ISOLATIONS.indexOf(isolation)).u8(0).u16(instances)
+      .u32(stackKib).frame(MpType.LOAD, id),
+  route: (id: number, callee: string, on: boolean): Buffer => new Writer().str(name(callee)).u8(on ? 1 : 0).frame(MpType.ROUTE, id),
+  unload: (id: number, callee: string, timeoutMs: number): Buffer => new Writer().str(name(callee)).u32(timeoutMs).frame(MpType.UNLOAD, id),
   stats: (id: number): Buffer => new Writer().frame(MpType.STATS, id),
+  /** The acknowledgement of FAULT `id`: the worker is out of dispatch (the faulting call waits for it). */
+  faultAck: (id: number): Buffer => new Writer().frame(MpType.FAULT | MP_REPLY, id),
 };
 
 export interface Hello { pid: number; funcId: number; clientId: number; version: string }
-export interface Fault { callee: string; signal: number; address: string; callsBefore: number }
+export interface Fault {
+  /** the fault's number in this runtime (the FAULT frame's request id; 0 from older runtimes, which wait for no acknowledgement) */
+  id: number;
+  callee: string; signal: number; address: string; callsBefore: number;
+  /** the faulting instruction was in the callee's own code (false: in libc or elsewhere; undefined: an older runtime) */
+  inCallee: boolean | undefined;
+}
 export interface CalleeStats {
   name: string; isolation: Isolation; routed: boolean; faulted: boolean; calls: number; failures: number; faults: number;
   totalCycles: number; maxCycles: number; inflight: number; instances: number; hist: number[];
@@ -87,7 +108,9 @@ export function decodeFault(f: Buffer): Fault {
   const signal = r.i32();
   const address = `0x${f.readBigUInt64LE(MP_HEADER + 2 + Buffer.byteLength(callee) + 4).toString(16)}`;
   r.u64();
-  return { callee, signal, address, callsBefore: r.u64() };
+  const callsBefore = r.u64();
+  const hasFlags = f.length > MP_HEADER + 2 + Buffer.byteLength(callee) + 20;
+  return { id: readHeader(f).requestId, callee, signal, address, callsBefore, inCallee: hasFlags ? (r.u8() & MP_FAULT_IN_CALLEE) !== 0 : undefined };
 }
 
 /** A reply: its message, and for STATS the per-callee statistics. */

@@ -4,7 +4,7 @@ import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { NATIVE_BUILD } from '../common/paths.js';
 import { inject } from '../launcher/injector.js';
-import type { Isolation } from '../proto/merge-wire.js';
+import { decodeFault, encode, MP_MAX_NAME, MP_MAX_PATH, type Isolation } from '../proto/merge-wire.js';
 import { startLocalStack, type LocalStack } from '../launcher/local-stack.js';
 import { FIXTURE_CONFIG, loadLoop, post, waitFor } from './helpers.js';
 import { startTarget } from './targets.js';
@@ -29,6 +29,10 @@ t.test('koffi binding: typed report, off the event loop', async (t) => {
   rmSync(out, { force: true });
   t.equal(r.safePoint, true);
   t.equal(r.syscall, 0, 'blocked in read(2)');
+  t.equal(r.trapSignal, 5, 'calls come back through an int3 (SIGTRAP), no handler touched');
+  t.equal(r.sameFile, true, 'the target mapped the very file given');
+  t.equal(r.leftRunning, false);
+  t.equal(r.damaged, false);
   t.ok(r.stoppedUs > 0 && r.totalUs >= r.stoppedUs, `stopped ${r.stoppedUs.toFixed(0)} µs of ${r.totalUs.toFixed(0)} µs`);
   t.equal(await target.echo('still here'), 'echo still here');
   const missing = await inject(target.pid, '/nonexistent.so');
@@ -40,6 +44,25 @@ t.test('koffi binding: typed report, off the event loop', async (t) => {
   const stat = await startTarget('target_static');
   t.teardown(() => stat.stop());
   t.match((await inject(stat.pid, join(NATIVE_BUILD, 'libprobe.so'))).error, /statically linked/);
+});
+
+t.test('merge wire: names and paths are refused when too long, never cut; FAULT carries its id and flags', async (t) => {
+  t.throws(() => encode.load(1, 'n'.repeat(MP_MAX_NAME + 1), '/x.so', 'inline', 1), /callee name of 256 bytes: must be 1\.\.255/);
+  t.throws(() => encode.load(1, 'Bar', `/${'p'.repeat(MP_MAX_PATH)}`, 'inline', 1), /library path of 4096 bytes/);
+  t.throws(() => encode.route(1, '', true), /callee name of 0 bytes/);
+  t.ok(encode.load(1, 'n'.repeat(MP_MAX_NAME), `/${'p'.repeat(MP_MAX_PATH - 1)}`, 'inline', 1).length > MP_MAX_PATH, 'the limits themselves pass');
+  // FAULT id 7: "Bar", SIGBUS, address 0x10, 3 calls before, flags 1 (in the callee's code); and the same without flags.
+  const body = Buffer.concat([Buffer.from([3, 0]), Buffer.from('Bar'), Buffer.from([7, 0, 0, 0]), Buffer.from([0x10, 0, 0, 0, 0, 0, 0, 0]), Buffer.from([3, 0, 0, 0, 0, 0, 0, 0])]);
+  const frame = (b: Buffer) => {
+    const h = Buffer.alloc(16);
+    h.writeUInt32LE(16 + b.length, 0);
+    h.writeUInt16LE(6, 4);
+    h.writeUInt32LE(7, 8);
+    return Buffer.concat([h, b]);
+  };
+  t.same(decodeFault(frame(Buffer.concat([body, Buffer.from([1])]))), { id: 7, callee: 'Bar', signal: 7, address: '0x10', callsBefore: 3, inCallee: true });
+  t.equal(decodeFault(frame(body)).inCallee, undefined, 'an older runtime: flags unknown');
+  t.same([...encode.faultAck(7)], [16, 0, 0, 0, 6, 0x80, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0], 'the acknowledgement');
 });
 
 let stack: LocalStack;

@@ -3,68 +3,12 @@
  * Usage: test_inject <build dir>   (finds targets/ and libprobe.so there)
  * Prints "ok ..."/"not ok ..." lines and "N passed, N failed".
  */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "harness.h"
+
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "nightfuse/inject.h"
-
-static int passes, failures;
-static char dir[1024];
-
-#define CHECK(cond, ...)                 \
-  do {                                   \
-    if (cond) {                          \
-      passes++;                          \
-      printf("ok - ");                   \
-    } else {                             \
-      failures++;                        \
-      printf("not ok - ");               \
-    }                                    \
-    printf(__VA_ARGS__);                 \
-    printf("\n");                        \
-    fflush(stdout);                      \
-  } while (0)
-
-typedef struct {
-  pid_t pid;
-  int to;   /* target stdin */
-  FILE* from;
-} target;
-
-static int start_target(const char* name, const char* arg, target* t) {
-  int in[2], out[2];
-  if (pipe(in) || pipe(out)) return -1;
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    close(in[1]);
-    close(out[0]);
-    char path[1100];
-    snprintf(path, sizeof path, "%s/targets/%s", dir, name);
-    execl(path, path, arg, (char*)NULL);
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  t->pid = pid;
-  t->to = in[1];
-  t->from = fdopen(out[0], "r");
-  char line[128];
-  if (!fgets(line, sizeof line, t->from) || strncmp(line, "ready ", 6) != 0) return -1;
-  return 0;
-}
 
 /* Waits (up to 2 s) until /proc/<pid>/syscall starts with `what` ("0 " = blocked in read, "running" = user code). */
 static void wait_syscall(pid_t pid, const char* what) {
@@ -81,56 +25,10 @@ static void wait_syscall(pid_t pid, const char* what) {
   }
 }
 
-/* Sends a line and expects "echo <line>" back. */
-static int echo_ok(target* t, const char* msg) {
-  char buf[256], want[300], line[300];
-  snprintf(buf, sizeof buf, "%s\n", msg);
-  if (write(t->to, buf, strlen(buf)) < 0) return 0;
-  snprintf(want, sizeof want, "echo %s\n", msg);
-  if (!fgets(line, sizeof line, t->from)) return 0;
-  return strcmp(line, want) == 0;
-}
 
-static void stop_target(target* t) {
-  close(t->to);
-  kill(t->pid, SIGKILL);
-  waitpid(t->pid, NULL, 0);
-  fclose(t->from);
-}
 
-static int tracer_pid(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof path, "/proc/%d/status", pid);
-  FILE* f = fopen(path, "r");
-  if (!f) return -1;
-  int tp = -1;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "TracerPid: %d", &tp) == 1) break;
-  fclose(f);
-  return tp;
-}
 
-static char state_of(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof path, "/proc/%d/status", pid);
-  FILE* f = fopen(path, "r");
-  if (!f) return '?';
-  char st = '?';
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "State: %c", &st) == 1) break;
-  fclose(f);
-  return st;
-}
 
-static int file_has(const char* path, const char* want) {
-  char buf[128] = "";
-  FILE* f = fopen(path, "r");
-  if (!f) return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  buf[n] = '\0';
-  fclose(f);
-  return strcmp(buf, want) == 0;
-}
 
 static int inject(pid_t pid, const char* lib, const char* entry, const char* arg, int safe_wait, nf_inject_report* r) {
   char path[1100];
@@ -172,7 +70,10 @@ static void test_spin_target(void) {
   char page_path[128];
   snprintf(page_path, sizeof page_path, "/dev/shm/nf-spin-%d", (int)getpid());
   int fd = open(page_path, O_CREAT | O_RDWR | O_TRUNC, 0600);
-  if (ftruncate(fd, 4096) != 0) return;
+  if (fd < 0 || ftruncate(fd, 4096) != 0) {
+    CHECK(0, "cannot make the spin target's shared page %s: %s", page_path, strerror(errno));
+    return;
+  }
   volatile uint64_t* page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   target t;
   CHECK(start_target("target_spin", page_path, &t) == 0, "start target spinning in user code");
@@ -218,9 +119,9 @@ static void test_signals_target(void) {
     int rc = inject(t.pid, "libprobe.so", "probe_fail", "", 50, &r);
     CHECK(rc != 0 && r.entry_result == 7 && strstr(r.error, "returned 7"), "entry result reported with signals flowing (#%d): %s", i, r.error);
   }
-  if (write(t.to, "count\n", 6) == 6 && fgets(line, sizeof line, t.from)) sscanf(line, "count %d", &before);
+  if (ask(&t, "count", line, sizeof line, 3000) == 0) sscanf(line, "count %d", &before);
   usleep(50000);
-  if (write(t.to, "count\n", 6) == 6 && fgets(line, sizeof line, t.from)) sscanf(line, "count %d", &after);
+  if (ask(&t, "count", line, sizeof line, 3000) == 0) sscanf(line, "count %d", &after);
   CHECK(after > before && before > 0, "signals keep arriving after injections (%d -> %d)", before, after);
   CHECK(strstr(line, "errors 0") != NULL, "read(2) was always restarted, never failed: %s", line);
   left_running(&t, "signals target");
@@ -298,7 +199,7 @@ static void test_failures(void) {
   waitpid(t.pid, &st, 0);
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42, "its exit status stays for its parent (%d)", WEXITSTATUS(st));
   close(t.to);
-  fclose(t.from);
+  close(t.from);
 
   /* Statically linked: no libc.so, no dlopen. */
   CHECK(start_target("target_static", NULL, &t) == 0, "start statically linked target");
@@ -308,28 +209,12 @@ static void test_failures(void) {
 }
 
 int main(int argc, char** argv) {
-  snprintf(dir, sizeof dir, "%s", argc > 1 && strstr(argv[1], "golden") == NULL ? argv[1] : "native/build");
-  /* run from the repository root (npm test) or with the build dir given */
-  char probe[1100];
-  snprintf(probe, sizeof probe, "%s/libprobe.so", dir);
-  if (access(probe, R_OK) != 0) {
-    char self[1024];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n > 0) {
-      self[n] = '\0';
-      char* slash = strrchr(self, '/');
-      if (slash) *slash = '\0';
-      slash = strrchr(self, '/');
-      if (slash) *slash = '\0';
-      snprintf(dir, sizeof dir, "%s", self);
-    }
-  }
+  find_build_dir(argc, argv);
   signal(SIGPIPE, SIG_IGN);
   test_read_target();
   test_spin_target();
   test_threads_target();
   test_signals_target();
   test_failures();
-  printf("%d passed, %d failed\n", passes, failures);
-  return failures ? 1 : 0;
+  return finish();
 }

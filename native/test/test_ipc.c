@@ -1,5 +1,6 @@
 /* Checks include/nightfuse/ipc.h against proto/golden.txt (the IPC cases and
  * the full_call_id packing; the 16-byte gateway header is TypeScript-only). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
   const char* path = argc > 1 ? argv[1] : "proto/golden.txt";
   FILE* f = fopen(path, "r");
   if (!f) {
-    perror(path);
+    printf("not ok cannot open %s: %s\n0 passed, 1 failed\n", path, strerror(errno));
     return 2;
   }
   char line[512];
@@ -76,7 +77,13 @@ int main(int argc, char** argv) {
     int off;
     if (sscanf(line, "%127s %d %255s", name, &off, hex) != 3) continue;
     nf_message m;
-    if (!build(name, &m)) continue;
+    if (!build(name, &m)) {
+      /* The gateway link's 16-byte header lives in TypeScript only; anything else unknown is a case nobody checks. */
+      if (strncmp(name, "gw_", 3) == 0) continue;
+      printf("not ok unknown golden case %s (add it to build() here)\n", name);
+      failures++;
+      continue;
+    }
     size_t n = strlen(hex) / 2;
     int ok = 1;
     for (size_t i = 0; i < n; i++) {

@@ -9,14 +9,22 @@
  *   frame   := u32 length (whole frame, header included, <= NF_MP_MAX_FRAME)
  *              u16 type
  *              u16 reserved (0)
- *              u32 request id (replies echo it; 0 in events and HELLO)
+ *              u32 request id (replies echo it; 0 in HELLO)
  *              i32 status (replies: 0 ok, < 0 error with a message; else 0)
  *              body
- *   str     := u16 length + bytes (no NUL)
+ *   str     := u16 length + bytes (no NUL); a callee name is at most
+ *              NF_MP_MAX_NAME bytes, a library path at most NF_MP_MAX_PATH:
+ *              longer ones are refused, never truncated
  *
  * runtime -> launcher
  *   HELLO   body: u32 pid, u32 func_id, u32 client_id, str version
- *   FAULT   body: str callee, i32 signal, u64 fault address, u64 calls before
+ *   FAULT   request id: the fault's number (from 1); body: str callee, i32 signal,
+ *           u64 fault address, u64 calls before, u8 flags (bit 0: the faulting
+ *           instruction was in the callee's own code). The worker is from now on
+ *           possibly damaged. The faulting call returns only once the launcher
+ *           acknowledges (a FAULT reply with that id, empty body) or after 1 s,
+ *           so the launcher takes the worker out of dispatch before its
+ *           current call even finishes.
  *   reply   type = request type | NF_MP_REPLY; body: str message, then per type:
  *           STATS: u64 tsc_hz, u16 n, n x callee_stats
  * launcher -> runtime
@@ -24,6 +32,7 @@
  *   ROUTE   body: str callee, u8 on
  *   UNLOAD  body: str callee, u32 timeout_ms
  *   STATS   body: empty
+ *   FAULT reply (the acknowledgement): body empty
  *
  *   callee_stats := str name, u8 isolation, u8 routed, u8 faulted, u8 reserved,
  *                   u64 calls, u64 failures, u64 faults, u64 total_cycles,
@@ -40,6 +49,9 @@
 #define NF_MP_MAX_FRAME 65536
 #define NF_MP_HIST 32
 #define NF_MP_REPLY 0x8000
+#define NF_MP_MAX_NAME 255
+#define NF_MP_MAX_PATH 4095
+#define NF_MP_FAULT_IN_CALLEE 1
 
 enum nf_mp_type {
   NF_MP_HELLO = 1,
@@ -73,7 +85,10 @@ static inline void nf_mp_u32(nf_mp_writer* w, uint32_t v) { nf_mp_put(w, &v, 4);
 static inline void nf_mp_u64(nf_mp_writer* w, uint64_t v) { nf_mp_put(w, &v, 8); }
 static inline void nf_mp_str(nf_mp_writer* w, const char* s) {
   size_t n = s ? strlen(s) : 0;
-  if (n > 0xFFFF) n = 0xFFFF;
+  if (n > 0xFFFF) { /* never truncated: the frame is refused */
+    w->overflow = 1;
+    return;
+  }
   nf_mp_u16(w, (uint16_t)n);
   nf_mp_put(w, s, (uint32_t)n);
 }
@@ -88,12 +103,15 @@ static inline void nf_mp_begin(nf_mp_writer* w, uint16_t type, uint32_t request_
 }
 static inline void nf_mp_end(nf_mp_writer* w) { memcpy(w->buf, &w->len, 4); }
 
-/* A received frame being read; reads past the end set `bad` and yield zeros. */
+/* A received frame being read; reads past the end set `bad` and yield zeros;
+ * a string longer than its buffer sets `too_long` (its length in too_long_len). */
 typedef struct {
   const uint8_t* p;
   uint32_t len;
   uint32_t off;
   int bad;
+  int too_long;
+  uint32_t too_long_len;
 } nf_mp_reader;
 
 static inline void nf_mp_get(nf_mp_reader* r, void* out, uint32_t n) {
@@ -109,17 +127,24 @@ static inline uint8_t nf_mp_get_u8(nf_mp_reader* r) { uint8_t v; nf_mp_get(r, &v
 static inline uint16_t nf_mp_get_u16(nf_mp_reader* r) { uint16_t v; nf_mp_get(r, &v, 2); return v; }
 static inline uint32_t nf_mp_get_u32(nf_mp_reader* r) { uint32_t v; nf_mp_get(r, &v, 4); return v; }
 static inline uint64_t nf_mp_get_u64(nf_mp_reader* r) { uint64_t v; nf_mp_get(r, &v, 8); return v; }
-/* Copies a str into out (NUL-terminated, truncated to outlen-1). */
+/* Copies a str into out (NUL-terminated). One that does not fit in outlen-1
+ * bytes, or holds a NUL, is refused (too_long / bad), never truncated. */
 static inline void nf_mp_get_str(nf_mp_reader* r, char* out, uint32_t outlen) {
   uint16_t n = nf_mp_get_u16(r);
+  out[0] = '\0';
   if (r->off + n > r->len) {
     r->bad = 1;
-    out[0] = '\0';
     return;
   }
-  uint32_t k = n < outlen - 1 ? n : outlen - 1;
-  memcpy(out, r->p + r->off, k);
-  out[k] = '\0';
+  if (n > outlen - 1) {
+    if (!r->too_long) r->too_long_len = n;
+    r->too_long = 1;
+  } else if (memchr(r->p + r->off, 0, n)) {
+    r->bad = 1;
+  } else {
+    memcpy(out, r->p + r->off, n);
+    out[n] = '\0';
+  }
   r->off += n;
 }
 

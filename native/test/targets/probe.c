@@ -25,8 +25,15 @@ int probe_fail(const char* arg) {
   (void)arg;
   return 7;
 }
-int probe_crash(const char* arg) {
+/* A real fault, not a sanitizer report: the injector must see the SIGSEGV. */
+__attribute__((no_sanitize("undefined"))) int probe_crash(const char* arg) {
   (void)arg;
   volatile int* p = NULL;
   return *p;
+}
+
+/* probe_noop() returns 0: an entry that only proves the call came back. */
+int probe_noop(const char* arg) {
+  (void)arg;
+  return 0;
 }
