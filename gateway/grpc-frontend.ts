@@ -45,9 +45,6 @@ export const GRPC_LIMITS: GrpcLimits = { settingsTimeoutMs: 10_000, idleTimeoutM
 /** Nightcore's SETTINGS_MAX_CONCURRENT_STREAMS: the only setting our SETTINGS frame carries. */
 const MAX_STREAMS = 32;
 
-/** The metric label for calls to services func_config does not have. */
-export const UNKNOWN_LABEL = '(unknown)';
-
 export interface GrpcFrontendOptions {
   config: FuncConfig;
   dispatcher: Dispatcher;
@@ -167,11 +164,9 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
     }
     void collectBody(stream, messageLimit, { early: true, budget: st?.budget }).then((r) => {
       const name = `grpc:${target.service}`;
-      // a metric label per service name a peer makes up would grow without bound
-      const label = o.config.byName.has(name) ? name : UNKNOWN_LABEL;
       if (!r.ok) {
         o.log.debug({ func: name, why: r.why, size: r.size }, 'gRPC request message over the limit');
-        o.metrics.request(label, GrpcStatus.RESOURCE_EXHAUSTED, 0, 'grpc');
+        o.metrics.request(name, GrpcStatus.RESOURCE_EXHAUSTED, 0, 'grpc');
         reply(stream, GrpcStatus.RESOURCE_EXHAUSTED, Buffer.alloc(0));
         return;
       }
@@ -188,7 +183,7 @@ export function createGrpcFrontend(o: GrpcFrontendOptions): http2.Http2Server {
       const entry = o.config.byName.get(name);
       const methodId = entry?.isGrpc ? entry.grpcMethods.indexOf(target.method) : -1;
       if (!entry || methodId < 0) {
-        o.metrics.request(label, GrpcStatus.NOT_FOUND, 0, 'grpc');
+        o.metrics.request(name, GrpcStatus.NOT_FOUND, 0, 'grpc');
         reply(stream, GrpcStatus.NOT_FOUND, Buffer.alloc(0));
         return;
       }

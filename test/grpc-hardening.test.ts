@@ -209,7 +209,7 @@ t.test('made-up service names do not grow the metrics', async (t) => {
   session.destroy();
   const m = await (await fetch(`http://127.0.0.1:${stack.httpPort}/metrics`)).text();
   t.notMatch(m, /made\.Up/, 'no label per made-up service');
-  t.match(m, /nightfuse_gateway_requests_total\{[^}]*function="\(unknown\)"[^}]*status="5"/, 'counted under (unknown)');
+  t.match(m, /nightfuse_gateway_grpc_requests_total\{[^}]*function="\(unknown\)"[^}]*grpc_code="NOT_FOUND"/, 'counted under (unknown)');
 });
 
 // ---- generated ----

@@ -107,8 +107,8 @@ t.test('nightfuse up runs as one process: calls, node view, control plane, merge
   // Node view and control plane (the launcher still attaches over gRPC, authenticated).
   const m = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   t.match(m, /^nightfuse_gateway_connected_nodes 1$/m, 'one node on the engine side');
-  await waitFor(async () => (await api('GET', 'nodes')).body.length === 1, 10000, 'node attached on the control plane');
-  await waitFor(async () => /nightfuse_edge_calls_total\{[^}]*caller="Foo",callee="Bar"\} [1-9]/.test(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()),
+  await waitFor(async () => ((await api('GET', 'nodes')).body as { controlPlane: boolean }[]).some((n) => n.controlPlane), 10000, 'node attached on the control plane');
+  await waitFor(async () => /nightfuse_edge_ipc_calls_total\{[^}]*caller="Foo",callee="Bar"\} [1-9]/.test(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()),
     10000, 'edge stats reported over the control plane');
 
   // Merges work as between processes.

@@ -208,7 +208,7 @@ t.test('a hostile policy file at start: refused with the limit named, exit non-z
     writeFileSync(file, text);
     const r = await runToExit(gatewayArgs(file));
     t.equal(r.signal, null, `${what}: no signal (no abort, no OOM kill)`);
-    t.equal(r.code, 2, `${what}: exit code 2`);
+    t.equal(r.code, 1, `${what}: exit code 1 (the start was refused; see the README's exit codes)`);
     t.match(r.stderr, want, `${what}: the limit named`);
     t.notMatch(r.stdout, /gateway ready/, `${what}: never ready`);
   }));
