@@ -185,6 +185,11 @@ export async function startStack(opts: { config?: string; gatewayFlags?: string[
     },
   };
   await waitFor(async () => (await request(ports.http, 'GET', '/metrics')).body.toString().includes('nightfuse_gateway_connected_nodes 1'), 10000, 'launcher connected to gateway');
+  // And attached on the control plane (merges, views): the engine link alone comes up first.
+  const controlOff = ports.control <= 0 || (opts.launcherFlags ?? []).some((f) => /^--control_port=0$/.test(f));
+  if (!controlOff) {
+    await waitFor(async () => /^nightfuse_function_workers\{/m.test((await request(ports.http, 'GET', '/metrics')).body.toString()), 10000, 'launcher attached on the control plane');
+  }
   return stack;
 }
 
