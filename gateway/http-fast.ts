@@ -130,7 +130,11 @@ class FastConn {
   requestStart = 0;
   lastActive: number;
   writtenAt = 0;
-  lastBytesWritten = 0;
+  /** bytes the kernel has taken, and when that last grew: a peer not reading our answers is timed by these */
+  lastSent = 0;
+  sentAt = 0;
+  /** our answers back up (the peer is not reading): no more requests are read until they drain */
+  writeBlocked = false;
   /** handing over to node:http once nothing is owed */
   leaving = false;
   /** the peer has ended its side */
@@ -179,7 +183,7 @@ class FastConn {
     const o = this.fp.o;
     let off = 0;
     while (off < this.buf.length && !this.leaving && !this.ended) {
-      if (this.owed.length >= MAX_PIPELINED) {
+      if (this.owed.length >= MAX_PIPELINED || this.writeBlocked) {
         this.socket.pause();
         break;
       }
@@ -237,7 +241,13 @@ class FastConn {
     const now = Date.now();
     this.lastActive = now;
     this.writtenAt = now;
-    if (this.owed.length > 0 || this.parsing) return;
+    if (s.writableNeedDrain && !this.writeBlocked) {
+      // a peer that sends requests but does not read the answers must not make us hold them all
+      this.writeBlocked = true;
+      s.pause();
+      s.once('drain', this.fp.onDrainOf);
+    }
+    if (this.owed.length > 0 || this.parsing || this.writeBlocked) return;
     if (this.ended) this.finishEnded();
     else if (this.leaving) this.handOff();
     else if (wasFull || this.buf.length > 0) {
@@ -316,6 +326,18 @@ export class FastPath {
     c.leaving = false;
     if (c.owed.length === 0) c.finishEnded();
   };
+  readonly onDrainOf = function (this: FastSocket): void {
+    const c = this[kFast];
+    if (!c || c.gone) return;
+    c.writeBlocked = false;
+    if (c.owed.length > 0 || c.parsing) return;
+    if (c.ended) c.finishEnded();
+    else if (c.leaving) c.handOff();
+    else {
+      this.resume();
+      c.parse();
+    }
+  };
   readonly onCloseOf = function (this: FastSocket): void {
     this[kFast]?.close();
   };
@@ -347,19 +369,21 @@ export class FastPath {
     const l = this.o.limits;
     for (const c of this.conns) {
       const s = c.socket;
-      if (c.owed.length > 0) {
-        // waiting for functions is bounded by --call_timeout_ms; a peer not reading our answers is not
-        if (l.idleTimeoutMs > 0 && s.writableLength > 0) {
-          if (s.bytesWritten !== c.lastBytesWritten) {
-            c.lastBytesWritten = s.bytesWritten;
-            c.writtenAt = now;
-          } else if (now - c.writtenAt > l.idleTimeoutMs) {
-            c.close();
-            s.destroy();
-          }
+      if (s.writableLength > 0) {
+        // a peer not reading our answers: timed by what the kernel takes (bytesWritten counts what is
+        // still queued too), so answers added to the queue do not look like progress
+        const sent = s.bytesWritten - s.writableLength;
+        if (sent !== c.lastSent || c.sentAt === 0) {
+          c.lastSent = sent;
+          c.sentAt = now;
+        } else if (l.idleTimeoutMs > 0 && now - c.sentAt > l.idleTimeoutMs) {
+          c.close();
+          s.destroy();
         }
         continue;
       }
+      c.sentAt = 0;
+      if (c.owed.length > 0) continue; // waiting for functions is bounded by --call_timeout_ms
       const receiving = c.buf.length > 0 || c.lastActive === c.requestStart && c.writtenAt === 0;
       if (receiving) {
         const deadline = c.buf.length > 0 && l.bodyTimeoutMs > 0 ? l.headerTimeoutMs + l.bodyTimeoutMs : l.headerTimeoutMs;

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { header, parseAnswers, RawPeer, rng, sleep, type HttpAnswer, type Rng } from './hostile-peers.js';
 import { startGatewayProcess, usage } from './adversary.js';
-import { startStack, waitFor, type Stack } from './helpers.js';
+import { metricValue, request, startStack, waitFor, type Stack } from './helpers.js';
 
 const HEADER_MS = 800;
 const BODY_MS = 1600;
@@ -200,8 +200,14 @@ t.test('a peer that stops reading its answers is closed after the idle timeout',
   const p = new RawPeer(stack.httpPort);
   p.socket.pause(); // never read: ~36 MB of answers fill every buffer on the way (loopback buffers grow to 32 + 4 MB here)
   const body = Buffer.alloc(60 * 1024, 'r');
+  const served = async (): Promise<number> =>
+    metricValue((await request(stack.httpPort, 'GET', '/metrics')).body.toString(), 'nightfuse_gateway_http_requests_total', { function: 'Bar', code: '200' }) ?? 0;
+  const before = await served();
   for (let i = 0; i < 600; i++) p.write(post('/function/Bar', body));
+  // once our answers back up the gateway reads no more requests, and the idle timer runs from then on
   t.ok(await p.closedWithin(IDLE_CLOSE_MS + 10_000), `closed after ${p.closedAt - p.openedAt} ms`);
+  const taken = (await served()) - before;
+  t.ok(taken < 600, `the gateway stopped taking requests when its answers backed up (${taken} of 600 served)`);
 });
 
 t.test('header block size is bounded (431), up to it requests work', async (t) => {
