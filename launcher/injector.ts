@@ -61,6 +61,8 @@ export interface InjectReport {
   damaged: boolean;
   /** the process was group-stopped (SIGSTOP...) meanwhile and is left stopped */
   groupStop: boolean;
+  /** tid of a thread found holding the dynamic loader's lock (nothing was taken while it did), 0 if none */
+  loaderBusy: number;
 }
 
 const ERROR_LEN = 512;
@@ -74,7 +76,7 @@ const BASE_FIELDS = {
 const REPORT = koffi.struct('nf_inject_report', {
   ...BASE_FIELDS,
   trap_signal: 'int32', signals_held: 'int32', clones_detached: 'int32', same_file: 'int32', left_running: 'int32',
-  damaged: 'int32', group_stop: 'int32', reserved: 'int32',
+  damaged: 'int32', group_stop: 'int32', loader_busy: 'int32',
 });
 const REPORT_V1 = koffi.struct('nf_inject_report_v1', BASE_FIELDS);
 
@@ -84,7 +86,7 @@ interface RawReport {
   attach_us: number; entry_us: number;
   handle: bigint | number; error: string;
   trap_signal?: number; signals_held?: number; clones_detached?: number; same_file?: number; left_running?: number;
-  damaged?: number; group_stop?: number;
+  damaged?: number; group_stop?: number; loader_busy?: number;
 }
 
 export type InjectFn = (pid: number, library: string, opts?: InjectOptions) => Promise<InjectReport>;
@@ -145,6 +147,7 @@ function toReport(r: RawReport, pid: number, library: string, entry: string): In
     leftRunning: r.left_running === 1,
     damaged: r.damaged === 1,
     groupStop: r.group_stop === 1,
+    loaderBusy: r.loader_busy ?? 0,
   };
 }
 

@@ -13,17 +13,19 @@ t.test('koffi binding: typed report, off the event loop', async (t) => {
   const target = await startTarget('target_read');
   t.teardown(() => target.stop());
   const out = `/tmp/nf-koffi-probe-${process.pid}`;
-  // Counts event-loop turns while the injection runs: a call that blocked the loop would leave it at 0.
+  const r = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'probe_entry', arg: out });
+  // Counts event-loop turns while an injection runs whose entry takes 100 ms: a binding that blocked the
+  // loop would leave it at 0 (a fast one can finish before the loop's first turn, so it would prove nothing).
   let ticks = 0;
   let counting = true;
   const turn = () => {
     ticks++;
-    if (counting) setImmediate(turn);
+    if (counting) setTimeout(turn, 1);
   };
   setImmediate(turn);
-  const r = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'probe_entry', arg: out });
+  const slow = await inject(target.pid, join(NATIVE_BUILD, 'libprobe.so'), { entry: 'probe_sleep', arg: '100' });
   counting = false;
-  t.ok(ticks > 0, `the event loop turned ${ticks} times during the injection`);
+  t.ok(slow.ok && ticks >= 10, `the event loop turned ${ticks} times during a 100 ms injection: ${slow.error}`);
   t.equal(r.ok, true, r.error);
   t.equal(readFileSync(out, 'utf8'), `pid=${target.pid}`, 'entry ran with its argument');
   rmSync(out, { force: true });

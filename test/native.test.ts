@@ -34,6 +34,8 @@ function run(t: Test, dir: string, label: string, name: string, args: string[], 
   const failed = (r.stdout ?? '').split('\n').filter((l) => l.startsWith('not ok') || l.startsWith('#'));
   t.equal(r.status, 0, `${label} ${name} ${args.filter((a) => a !== GOLDEN).join(' ')} exits 0`, { failed, signal: r.signal, stderr: (r.stderr ?? '').slice(-3000) });
   t.ok(summary && Number(summary[1]) > 0 && summary[2] === '0', `${label} ${name}: ${summary?.[0] ?? 'no summary'}`);
+  // each failed C check by its own text, so a CI log names it, not only the count
+  for (const line of failed.filter((l) => l.startsWith('not ok'))) t.fail(`${label} ${name}: ${line.slice(0, 300)}`);
 }
 
 function programsPresent(t: Test, dir: string, label: string, want: string[]): void {

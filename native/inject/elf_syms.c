@@ -57,11 +57,12 @@ int nf_inject_check_elf(const char* path, int want_shared, char* err, int errlen
 }
 
 /* Offers one symbol to the queries; the default version wins over a hidden one. */
-static void offer(sym_query* q, int nq, const char* name, uint64_t value, int hidden) {
+static void offer(sym_query* q, int nq, const char* name, const Elf64_Sym* s, bool object, int hidden) {
   for (int k = 0; k < nq; k++) {
-    if (strcmp(name, q[k].name) != 0) continue;
+    if ((q[k].object != 0) != object || strcmp(name, q[k].name) != 0) continue;
     if (q[k].value == 0 || (q[k].hidden && !hidden)) {
-      q[k].value = value;
+      q[k].value = s->st_value;
+      q[k].size = s->st_size;
       q[k].hidden = hidden;
     }
   }
@@ -70,6 +71,10 @@ static void offer(sym_query* q, int nq, const char* name, uint64_t value, int hi
 static bool is_function(const Elf64_Sym* s) {
   int type = ELF64_ST_TYPE(s->st_info);
   return s->st_shndx != SHN_UNDEF && s->st_value != 0 && (type == STT_FUNC || type == STT_GNU_IFUNC);
+}
+
+static bool is_object(const Elf64_Sym* s) {
+  return s->st_shndx != SHN_UNDEF && s->st_value != 0 && ELF64_ST_TYPE(s->st_info) == STT_OBJECT;
 }
 
 int nf_elf_dynsyms(const char* path, sym_query* q, int nq, uint64_t* first_load_vaddr, nf_inject_report* r) {
@@ -126,8 +131,9 @@ int nf_elf_dynsyms(const char* path, sym_query* q, int nq, uint64_t* first_load_
     }
   }
   for (size_t i = 0; i < nsyms; i++) {
-    if (!is_function(&syms[i]) || syms[i].st_name >= st->sh_size) continue;
-    offer(q, nq, strs + syms[i].st_name, syms[i].st_value, vers ? (vers[i] & 0x8000) != 0 : 0);
+    bool object = is_object(&syms[i]);
+    if ((!object && !is_function(&syms[i])) || syms[i].st_name >= st->sh_size) continue;
+    offer(q, nq, strs + syms[i].st_name, &syms[i], object, vers ? (vers[i] & 0x8000) != 0 : 0);
   }
   rc = 0;
 out:

@@ -72,6 +72,7 @@ typedef struct {
   saved_state s;
   thread_info threads[MAX_THREADS];
   uint64_t l_ld; /* the loaded library's dynamic section, for same_file */
+  uint64_t rtld_global, rtld_global_size; /* the loader's state in the target (0: unknown) */
   double stop_started;
   int rc;
   bool done;          /* the tracer finished this job */
@@ -146,6 +147,12 @@ static int try_thread(job* j, pid_t tid, bool allow_user) {
   return 1;
 }
 
+static pid_t loader_holder(job* j, int n) {
+  if (!j->rtld_global) return 0;
+  pid_t h = nf_loader_lock_holder(j->pid, j->rtld_global, j->rtld_global_size, j->threads, n);
+  return h > 0 ? h : 0;
+}
+
 static int choose_thread(job* j) {
   nf_inject_report* rep = j->rep;
   double safe_deadline = nf_now_us() + (j->safe_wait_ms > 0 ? j->safe_wait_ms * 1000.0 : 0);
@@ -166,7 +173,11 @@ static int choose_thread(job* j) {
       busy += th->kind == TH_SYSCALL && !nf_syscall_is_idle_wait(th->nr, th->arg1);
     }
     rep->threads_seen = live;
-    for (int pass = 0; pass < 2; pass++) {
+    /* A thread inside the loader (a dlopen whose constructor waits, say) holds its lock: our dlopen would
+     * wait for it on the thread we took, and if that thread holds what the other waits for, neither ever
+     * goes on. So nothing is taken while the loader is busy; it is asked again once a thread is stopped. */
+    pid_t holder = loader_holder(j, n);
+    for (int pass = 0; pass < 2 && holder == 0; pass++) {
       for (int i = 0; i < n; i++) {
         thread_info* th = &j->threads[i];
         if (th->kind == TH_GONE) continue;
@@ -176,9 +187,16 @@ static int choose_thread(job* j) {
         bool user = fallback && (th->kind == TH_RUNNING || th->kind == TH_BLOCKED);
         if (!idle && !user) continue;
         int r = try_thread(j, th->tid, fallback);
-        if (r <= 0) return r;
+        if (r < 0) return r;
+        if (r == 0 && (holder = loader_holder(j, n)) == 0) return 0;
+        if (r == 0) {
+          ptrace(PTRACE_DETACH, j->t.tid, 0, 0); /* it was only interrupted: it goes on as it was */
+          j->t.stopped = false;
+          j->t.tid = 0;
+        }
       }
     }
+    if (holder > 0) rep->loader_busy = holder;
     double now = nf_now_us();
     if (now >= safe_deadline && !fallback) {
       if (j->safe_wait_ms < 0)
@@ -188,6 +206,10 @@ static int choose_thread(job* j) {
       continue;
     }
     if (fallback && now >= safe_deadline) {
+      if (holder > 0)
+        return nf_fail(rep, "thread %d of %d holds the dynamic loader's lock (inside dlopen or dlclose, e.g. a constructor that waits): "
+                       "a dlopen now would wait for it, and deadlock if the thread it ran on held what that one waits for; not injecting, try again later",
+                       holder, j->pid);
       if (stopped == live) return nf_fail(rep, "target %d is stopped (SIGSTOP or similar): continue it first", j->pid);
       return nf_fail(rep, "no thread of %d could be used: %d of %d in uninterruptible sleep, %d in a system call that may hold a lock (futex on a lock, write, mmap...), %d stopped",
                      j->pid, dstate, live, busy, stopped);
@@ -468,8 +490,8 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   libc_map libc;
   uint64_t first_vaddr = 0;
   if (nf_find_libc(pid, &libc, rep)) goto out;
-  sym_query q[] = {{"dlopen", 0, 0},        {"dlsym", 0, 0},         {"dlerror", 0, 0},
-                   {"__libc_dlopen_mode", 0, 0}, {"__libc_dlsym", 0, 0}};
+  sym_query q[] = {{.name = "dlopen"},        {.name = "dlsym"},         {.name = "dlerror"},
+                   {.name = "__libc_dlopen_mode"}, {.name = "__libc_dlsym"}};
   if (nf_elf_dynsyms(libc.path, q, 5, &first_vaddr, rep)) goto out;
   uint64_t base = libc.start - first_vaddr;
   bool legacy = q[0].value == 0;
@@ -481,6 +503,14 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   j->f_dlsym = base + (q[1].value ? q[1].value : q[4].value);
   j->f_dlerror = q[2].value ? base + q[2].value : 0;
   j->dlopen_mode = RTLD_NOW_ | (legacy ? RTLD_DLOPEN_FLAG_ : 0);
+  libc_map ld;
+  uint64_t ld_first = 0;
+  sym_query rq = {.name = "_rtld_global", .object = 1};
+  nf_inject_report scratch; /* a loader we cannot read only means the busy check is off */
+  if (nf_find_ldso(pid, &ld) == 0 && nf_elf_dynsyms(ld.path, &rq, 1, &ld_first, &scratch) == 0 && rq.value) {
+    j->rtld_global = ld.start - ld_first + rq.value;
+    j->rtld_global_size = rq.size;
+  }
   if (nf_find_gadgets(&libc, &j->t.gad, rep)) goto out;
   /* The return trap: a synchronous signal the process does not ignore (the
    * kernel would reset an ignored one's handler process-wide to force it). */
@@ -501,7 +531,7 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   /* Refuse a missing entry before touching the target (our copy of the file;
    * the address itself comes from what the target loads). */
   if (entry && *entry) {
-    sym_query eq = {entry, 0, 0};
+    sym_query eq = {.name = entry};
     uint64_t lib_first;
     if (nf_elf_dynsyms(libreal, &eq, 1, &lib_first, rep)) goto out;
     if (eq.value == 0) {

@@ -62,6 +62,12 @@ typedef struct {
   uint64_t start;      /* lowest mapping of the file (file offset 0) */
 } libc_map;
 int nf_find_libc(pid_t pid, libc_map* out, nf_inject_report* r) NF_HIDDEN;
+/* The dynamic loader (ld-linux*.so) mapped in the target; -1 if none (static). */
+int nf_find_ldso(pid_t pid, libc_map* out) NF_HIDDEN;
+/* A thread of `pid` (from threads[0..n)) that holds one of the loader's own
+ * locks, read from the recursive mutexes inside _rtld_global (addr, size) in
+ * the target's memory; 0 if none, -1 if unreadable. */
+pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const thread_info* threads, int n) NF_HIDDEN;
 
 /* Addresses, in the target, of an int3 byte and of glibc's __restore_rt
  * (mov $15,%rax; syscall), both in libc's executable text; 0 if absent. */
@@ -80,6 +86,8 @@ typedef struct {
   const char* name;
   uint64_t value; /* st_value, 0 if not found */
   int hidden;     /* found only as a non-default version */
+  uint64_t size;  /* st_size of what was found */
+  int object;     /* looking for a data object, not a function */
 } sym_query;
 
 int nf_elf_dynsyms(const char* path, sym_query* q, int nq, uint64_t* first_load_vaddr, nf_inject_report* r) NF_HIDDEN;

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static ssize_t read_small(const char* path, char* buf, size_t len) {
@@ -112,29 +113,83 @@ int nf_ignored_signals(pid_t pid, uint64_t* ign) {
   return 0;
 }
 
-int nf_find_libc(pid_t pid, libc_map* out, nf_inject_report* r) {
+static bool is_libc(const char* base) {
+  return strncmp(base, "libc.so", 7) == 0 || (strncmp(base, "libc-", 5) == 0 && strstr(base, ".so"));
+}
+
+static bool is_ldso(const char* base) {
+  return strncmp(base, "ld-linux", 8) == 0 || (strncmp(base, "ld-", 3) == 0 && strstr(base, ".so"));
+}
+
+/* The first mapping at file offset 0 of a file whose name `match`es: 0, or -1. */
+static int find_mapped(pid_t pid, bool (*match)(const char*), libc_map* out) {
   char maps[64];
   snprintf(maps, sizeof maps, "/proc/%d/maps", pid);
   FILE* f = fopen(maps, "re");
-  if (!f) return nf_fail(r, "cannot read %s: %s", maps, strerror(errno));
+  if (!f) return -1;
   char line[4352];
-  int found = 0;
+  int found = -1;
   while (fgets(line, sizeof line, f)) {
     unsigned long long start, end, off;
     char perms[8], file[4096] = "";
     if (sscanf(line, "%llx-%llx %7s %llx %*s %*s %4095[^\n]", &start, &end, perms, &off, file) < 4) continue;
     const char* base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    bool is_libc = strncmp(base, "libc.so", 7) == 0 || (strncmp(base, "libc-", 5) == 0 && strstr(base, ".so"));
-    if (!is_libc || off != 0) continue;
+    if (off != 0 || !match(base)) continue;
     snprintf(out->path, sizeof out->path, "/proc/%d/root%s", pid, file);
     out->start = start;
-    found = 1;
+    found = 0;
     break;
   }
   fclose(f);
-  if (!found) return nf_fail(r, "target %d has no libc.so mapped (statically linked?): there is no dlopen to call in it", pid);
+  return found;
+}
+
+int nf_find_libc(pid_t pid, libc_map* out, nf_inject_report* r) {
+  char maps[64];
+  snprintf(maps, sizeof maps, "/proc/%d/maps", pid);
+  if (access(maps, R_OK) != 0) return nf_fail(r, "cannot read %s: %s", maps, strerror(errno));
+  if (find_mapped(pid, is_libc, out) != 0)
+    return nf_fail(r, "target %d has no libc.so mapped (statically linked?): there is no dlopen to call in it", pid);
   return 0;
+}
+
+int nf_find_ldso(pid_t pid, libc_map* out) { return find_mapped(pid, is_ldso, out); }
+
+/*
+ * glibc's loader serialises dlopen/dlclose (and its TLS and unique-symbol
+ * tables) with recursive mutexes that live in _rtld_global; their offsets
+ * differ between glibc versions, their shape does not (the pthread_mutex_t
+ * ABI: lock, count, owner, nusers, kind). A held one names its owner's tid.
+ * A word group of that shape whose owner is a thread of the target is taken
+ * as held: random data matching it, with a live tid, is not to be expected.
+ */
+pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const thread_info* threads, int n) {
+  if (size < 20 || size > (1u << 20)) return -1;
+  uint8_t* buf = malloc(size);
+  if (!buf) return -1;
+  struct iovec local = {buf, size}, remote = {(void*)addr, size};
+  pid_t holder = -1;
+  if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)size) {
+    holder = 0;
+    for (uint64_t off = 0; off + 20 <= size && holder == 0; off += 4) {
+      int32_t lock, owner, kind;
+      uint32_t count;
+      memcpy(&lock, buf + off, 4);
+      memcpy(&count, buf + off + 4, 4);
+      memcpy(&owner, buf + off + 8, 4);
+      memcpy(&kind, buf + off + 16, 4);
+      if (lock < 1 || lock > 2 || count < 1 || count > 4096 || owner <= 0 || (kind & 0x7f) != 1 /* recursive */) continue;
+      for (int i = 0; i < n; i++) {
+        if (threads[i].tid == owner && threads[i].kind != TH_GONE) {
+          holder = owner;
+          break;
+        }
+      }
+    }
+  }
+  free(buf);
+  return holder;
 }
 
 int nf_mapping_identity(pid_t pid, uint64_t addr, uint64_t* dev, uint64_t* ino) {

@@ -66,8 +66,15 @@ static void test_ctor_wait(void) {
   hazard("ctorwait", lib, "thread sits in futex inside dlopen (the loader lock held, a constructor waiting for a contended mutex)", "probe_noop", 2000, 5);
 }
 
-/* A call that outlives its timeout: left to finish, the thread restores itself. */
-static void test_timeout(void) {
+static void two_counts(target* t, char* a, char* b, size_t len, int gap_us) {
+  ask(t, "count", a, len, 2000);
+  usleep(gap_us);
+  ask(t, "count", b, len, 2000);
+}
+
+/* The loader's lock held by another thread (its dlopen waits in a constructor): nothing is taken, the
+ * injection fails at once and says why, and it works once the lock is free. */
+static void test_loader_busy(void) {
   char lib[1200];
   snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
   target t;
@@ -78,17 +85,44 @@ static void test_timeout(void) {
   double t0 = now_ms();
   int rc = inject_t(t.pid, probe, "probe_entry", out_path, 50, 100, &r);
   double took = now_ms() - t0;
-  CHECK(rc != 0 && r.left_running && !r.damaged && r.thread_used == t.pid && strstr(r.error, "left to finish"),
-        "a dlopen blocked past the 100 ms timeout is left to finish, not abandoned (%.0f ms): %s", took, r.error);
-  CHECK(!strstr(r.error, "restored"), "and the report does not claim the target was restored");
+  CHECK(rc != 0 && !r.left_running && !r.damaged && r.thread_used == 0 && r.loader_busy > 0 && r.loader_busy != t.pid &&
+            strstr(r.error, "dynamic loader's lock"),
+        "held by thread %d: refused in %.0f ms, no thread taken: %s", r.loader_busy, took, r.error);
   pid_t first = 0;
   CHECK(traced_threads(t.pid, &first) == 0, "nothing traced when nf_inject returns (first %d)", first);
   char a[64] = "", b[64] = "", answer[64] = "";
-  ask(&t, "count", a, sizeof a, 2000);
-  usleep(30000);
-  ask(&t, "count", b, sizeof b, 2000);
-  CHECK(strcmp(a, b) == 0 && a[0], "meanwhile the main thread is still inside the call (%s, %s)", a, b);
+  two_counts(&t, a, b, sizeof a, 30000);
+  CHECK(strcmp(a, b) != 0 && strncmp(b, "count ", 6) == 0, "the main thread goes on (%s -> %s)", a, b);
   CHECK(ask(&t, "release", answer, sizeof answer, 2000) == 0, "the loader lock comes free");
+  usleep(50000);
+  unlink(out_path);
+  rc = inject_t(t.pid, probe, "probe_entry", out_path, 50, 2000, &r);
+  CHECK(rc == 0 && r.ok && r.loader_busy == 0, "then an injection succeeds: %s", r.error);
+  healthy(&t, "after the loader came free");
+  stop_target(&t);
+}
+
+/* A call that outlives its timeout: left to finish, the thread restores itself. */
+static void test_timeout(void) {
+  char lib[1200];
+  snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
+  target t;
+  char a[64] = "", b[64] = "", answer[64] = "";
+  CHECK(start_target_fd("target_hazard", "ctorhold", lib, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0 &&
+            ask(&t, "release", answer, sizeof answer, 2000) == 0,
+        "start a target whose main thread ticks in nanosleep");
+  usleep(50000);
+  nf_inject_report r;
+  double t0 = now_ms();
+  int rc = inject_t(t.pid, probe, "probe_sleep", "700", 50, 100, &r);
+  double took = now_ms() - t0;
+  CHECK(rc != 0 && r.left_running && !r.damaged && r.thread_used == t.pid && strstr(r.error, "left to finish"),
+        "a call blocked past the 100 ms timeout is left to finish, not abandoned (%.0f ms): %s", took, r.error);
+  CHECK(!strstr(r.error, "restored"), "and the report does not claim the target was restored");
+  pid_t first = 0;
+  CHECK(traced_threads(t.pid, &first) == 0, "nothing traced when nf_inject returns (first %d)", first);
+  two_counts(&t, a, b, sizeof a, 30000);
+  CHECK(strcmp(a, b) == 0 && a[0], "meanwhile the main thread is still inside the call (%s, %s)", a, b);
   for (int i = 0; i < 100 && strcmp(a, b) == 0; i++) {
     usleep(20000);
     ask(&t, "count", b, sizeof b, 2000);
@@ -438,6 +472,7 @@ int main(int argc, char** argv) {
   RUN("mallinfo", test_mallinfo());
   RUN("ctorwait", test_ctor_wait());
   RUN("timeout", test_timeout());
+  RUN("loaderbusy", test_loader_busy());
   RUN("busy", test_busy());
   RUN("signals", test_signals());
   RUN("segv", (test_segv_state("segv-blocked"), test_segv_state("segv-ignored"), test_segv_state("trap-ignored")));

@@ -48,7 +48,7 @@ typedef struct {
   int32_t left_running;       /* 1: a call outlived timeout_ms and was left to finish; the thread restores itself when it returns */
   int32_t damaged;            /* 1: the target could not be left as healthy as before (error says why) */
   int32_t group_stop;         /* 1: the process was group-stopped (SIGSTOP...) meanwhile, and is left stopped */
-  int32_t reserved;
+  int32_t loader_busy;        /* tid of a thread found holding the dynamic loader's lock (then nothing was taken), 0 if none */
 } nf_inject_report;
 
 /*
