@@ -75,12 +75,12 @@ def main():
             open(full, 'w').write(text.replace(o, n))
         native = path.startswith('native/')
         if native:
-            sh('rm -rf native/build-asan', SCRATCH)
+            sh('rm -rf native/build-asan native/build-tsan', SCRATCH)
         build(SCRATCH, native)
         rc, out = sh(f'npx tap {test} --disable-coverage', SCRATCH)
         sh('git checkout -q -- .', SCRATCH)
         if native:
-            sh('rm -rf native/build-asan', SCRATCH)
+            sh('rm -rf native/build-asan native/build-tsan', SCRATCH)
         build(SCRATCH, native)
         rc2, out2 = sh(f'npx tap {test} --disable-coverage', SCRATCH)
         killed = rc != 0
