@@ -7,6 +7,7 @@
  * launcher's edge statistics, so the call graph stays complete after a merge.
  */
 import net from 'node:net';
+import { peerCred } from '../common/peer-cred.js';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.js';
 import { NATIVE_BUILD } from '../common/paths.js';
@@ -163,9 +164,11 @@ export class MergeControl {
             return void socket.destroy();
           }
           const w = this.o.agent.workerByClientId(hello.clientId);
-          // Only workers this launcher started, matched by client id and pid.
-          if (!w || w.pid !== hello.pid || w.state === 'dead') {
-            this.o.log.warn({ hello }, 'merge runtime hello from a process that is not one of our workers; closing');
+          // Only workers this launcher started, matched by client id and by pid, the pid as the kernel
+          // knows the peer (SO_PEERCRED): one worker must not pass itself off as another.
+          const peer = peerCred(socket);
+          if (!w || w.pid !== hello.pid || peer?.pid !== w.pid || w.state === 'dead') {
+            this.o.log.warn({ hello, peerPid: peer?.pid }, 'merge runtime hello from a process that is not one of our workers; closing');
             return void socket.destroy();
           }
           session = new MergeSession(w, hello, socket);

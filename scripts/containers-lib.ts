@@ -127,12 +127,15 @@ export function ensureBaseImage(p: Podman): 'cached' | 'made' {
   try {
     const d = run('debootstrap', ['--variant=minbase', 'trixie', dir], { stdio: ['ignore', 'ignore', 'inherit'] });
     if (d.status !== 0) throw new Error(`debootstrap trixie failed (${d.status})`);
-    const tar = spawnSync('tar', ['-C', dir, '-c', '.'], { maxBuffer: 2 << 30 });
-    if (tar.status !== 0) throw new Error('tar of the trixie root failed');
-    p.must(['import', '-', BASE_IMAGE], { input: tar.stdout });
+    // through a file: a root file system is hundreds of MiB, too much to hold in a pipe buffer of ours
+    const tarFile = `${dir}.tar`;
+    const tar = spawnSync('tar', ['-C', dir, '-cf', tarFile, '.'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    if (tar.status !== 0) throw new Error(`tar of the trixie root failed (${tar.status})`);
+    p.must(['import', tarFile, BASE_IMAGE]);
     return 'made';
   } finally {
     rmSync(dir, { recursive: true, force: true });
+    rmSync(`${dir}.tar`, { force: true });
   }
 }
 
