@@ -16,7 +16,7 @@ import { join, relative } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.js';
 
 /** What this suite reached (issue 10), rounded down; raise them when coverage grows. */
-export const FLOORS = { tsLines: 95, tsBranches: 88, cLines: 83 };
+export const FLOORS = { tsLines: 96, tsBranches: 88.5, cLines: 85.5 };
 
 const NATIVE = join(PACKAGE_ROOT, 'native');
 const COV_BUILD = join(NATIVE, 'build-cov');
