@@ -251,6 +251,11 @@ export class MergeControl {
     } finally {
       release();
     }
+    // A remote call left to finish may never finish (it waits for something that never comes), and a
+    // damaged target is what it says: either way the worker is replaced rather than trusted again.
+    if (report.leftRunning || report.damaged) {
+      this.o.agent.retireWorker(w, report.damaged ? `injection left it damaged: ${report.error}` : `an injected call was left running: ${report.error}`);
+    }
     this.injections.push(report);
     if (this.injections.length > 1000) this.injections.shift();
     this.o.log.info({ worker: w.clientId, workerPid: w.pid, entry, ok: report.ok, stoppedUs: Math.round(report.stoppedUs), totalUs: Math.round(report.totalUs), error: report.error || undefined }, 'merge runtime injection');

@@ -155,7 +155,12 @@ static pid_t loader_holder(job* j, int n) {
 
 static int choose_thread(job* j) {
   nf_inject_report* rep = j->rep;
-  double safe_deadline = nf_now_us() + (j->safe_wait_ms > 0 ? j->safe_wait_ms * 1000.0 : 0);
+  double started = nf_now_us();
+  double safe_deadline = started + (j->safe_wait_ms > 0 ? j->safe_wait_ms * 1000.0 : 0);
+  /* Other threads only once the main thread has had a moment to come back to its wait: the main
+   * thread of a worker host holds no application lock there, another thread may (one that sleeps
+   * holding a mutex a constructor in the loader waits for would deadlock our dlopen). */
+  double others_from = started + (j->safe_wait_ms > 0 ? (j->safe_wait_ms < 50 ? j->safe_wait_ms : 50) * 500.0 : 0);
   bool fallback = false;
   for (;;) {
     rep->attempts++;
@@ -177,7 +182,13 @@ static int choose_thread(job* j) {
      * wait for it on the thread we took, and if that thread holds what the other waits for, neither ever
      * goes on. So nothing is taken while the loader is busy; it is asked again once a thread is stopped. */
     pid_t holder = loader_holder(j, n);
+    bool main_may_wait = false;
+    for (int i = 0; i < n; i++) {
+      const thread_info* th = &j->threads[i];
+      if (th->tid == j->pid) main_may_wait = th->kind == TH_SYSCALL || th->kind == TH_RUNNING || th->kind == TH_BLOCKED;
+    }
     for (int pass = 0; pass < 2 && holder == 0; pass++) {
+      if (pass == 1 && main_may_wait && nf_now_us() < others_from) break;
       for (int i = 0; i < n; i++) {
         thread_info* th = &j->threads[i];
         if (th->kind == TH_GONE) continue;
