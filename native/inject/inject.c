@@ -34,6 +34,7 @@
 #define RTLD_NOW_ 0x00002
 #define RTLD_DLOPEN_FLAG_ 0x80000000 /* __libc_dlopen_mode wants __RTLD_DLOPEN */
 #define FALLBACK_MS 250              /* after safe_wait: how long to look for a thread in user code */
+#define LOADER_BUSY (-3)             /* run_calls: the loader's lock was taken by another thread; nothing done */
 
 double nf_now_us(void) {
   struct timespec ts;
@@ -73,6 +74,7 @@ typedef struct {
   thread_info threads[MAX_THREADS];
   uint64_t l_ld; /* the loaded library's dynamic section, for same_file */
   uint64_t rtld_global, rtld_global_size; /* the loader's state in the target (0: unknown) */
+  uint64_t load_lock, f_trylock, f_unlock; /* _dl_load_lock and libc's pthread_mutex_trylock/unlock (0: unknown) */
   double stop_started;
   int rc;
   bool done;          /* the tracer finished this job */
@@ -296,11 +298,35 @@ static int run_calls(job* j) {
   if (ptrace(PTRACE_SETSIGMASK, t->tid, (void*)sizeof mask, &mask) != 0) return nf_fail(rep, "PTRACE_SETSIGMASK: %s", strerror(errno));
 
   uint64_t handle = 0;
+  call_result cr;
+  /* On a thread other than the main one (it may hold an application mutex that a constructor in the
+   * loader waits for), the loader's lock is taken first with trylock: busy, and nothing happened (we
+   * go back and wait); taken, and no dlopen can enter between our check and ours. The main thread
+   * was given time to come back to its wait first, so this costs two calls only in that case. */
+  bool locked = false;
+  if (t->tid != j->pid && j->load_lock && j->f_trylock && j->f_unlock) {
+    uint64_t busy = 1, la[6] = {j->load_lock};
+    cr = nf_remote_call(t, s, j->f_trylock, la, j->timeout_ms, &busy, "pthread_mutex_trylock(the loader's lock)");
+    if (cr != CALL_OK) return after_failed_call(j, cr, false) == 0 ? -1 : -2;
+    if ((int32_t)busy != 0) return LOADER_BUSY;
+    locked = true;
+  }
   double d0 = nf_now_us();
   uint64_t args[6] = {a_lib, (uint64_t)j->dlopen_mode};
-  call_result cr = nf_remote_call(t, s, j->f_dlopen, args, j->timeout_ms, &handle, "dlopen");
+  cr = nf_remote_call(t, s, j->f_dlopen, args, j->timeout_ms, &handle, "dlopen");
   rep->dlopen_us = nf_now_us() - d0;
-  if (cr != CALL_OK) return after_failed_call(j, cr, true) == 0 ? -1 : -2;
+  if (cr != CALL_OK) {
+    if (locked && cr == CALL_LEFT_RUNNING) {
+      rep->damaged = 1;
+      add_error(rep, "; the loader's lock, taken for it, stays held by that thread when it returns: other dlopen calls in the target will wait forever, replace the process");
+    }
+    return after_failed_call(j, cr, true) == 0 ? -1 : -2;
+  }
+  if (locked) {
+    uint64_t ignored = 0, la[6] = {j->load_lock};
+    cr = nf_remote_call(t, s, j->f_unlock, la, j->timeout_ms, &ignored, "pthread_mutex_unlock(the loader's lock)");
+    if (cr != CALL_OK) return after_failed_call(j, cr, false) == 0 ? -1 : -2;
+  }
   if (handle == 0) {
     uint64_t msg = 0;
     char text[400] = "";
@@ -364,15 +390,36 @@ static void* tracer_main(void* p) {
     if (j->rep->error[0] == '\0') nf_fail(j->rep, "no thread to run on");
     goto out;
   }
-  j->rep->thread_used = j->t.tid;
-  if (nf_save_state(j->t.tid, &j->s) != 0) {
-    nf_fail(j->rep, "cannot read the state of thread %d: %s", j->t.tid, strerror(errno));
-    ptrace(PTRACE_DETACH, j->t.tid, 0, 0);
-    goto out;
-  }
-  int r = run_calls(j);
-  if (r != -2 && !j->rep->target_exited && j->t.tid) {
-    if (restore_and_detach(j) != 0) r = -1;
+  int r;
+  double busy_until = nf_now_us() + (j->safe_wait_ms > 0 ? j->safe_wait_ms * 1000.0 : 0) + FALLBACK_MS * 1000.0;
+  for (;;) {
+    j->rep->thread_used = j->t.tid;
+    if (nf_save_state(j->t.tid, &j->s) != 0) {
+      nf_fail(j->rep, "cannot read the state of thread %d: %s", j->t.tid, strerror(errno));
+      ptrace(PTRACE_DETACH, j->t.tid, 0, 0);
+      goto out;
+    }
+    r = run_calls(j);
+    if (r != -2 && !j->rep->target_exited && j->t.tid) {
+      if (restore_and_detach(j) != 0) r = -1;
+    }
+    if (r != LOADER_BUSY) break;
+    /* The loader was busy when we asked: nothing was done; the thread is back as it was. */
+    j->rep->thread_used = 0;
+    pid_t owner = 0;
+    struct iovec lo = {&owner, 4}, re = {(void*)(j->load_lock + 8), 4}; /* pthread_mutex_t.__owner */
+    if (process_vm_readv(j->pid, &lo, 1, &re, 1, 0) == 4 && owner > 0) j->rep->loader_busy = owner;
+    if (nf_now_us() >= busy_until) {
+      r = nf_fail(j->rep, "thread %d of %d holds the dynamic loader's lock (inside dlopen or dlclose, e.g. a constructor that waits): "
+                  "not injecting, try again later", j->rep->loader_busy, j->pid);
+      break;
+    }
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+    if (choose_thread(j) != 0 || j->t.tid == 0) {
+      if (j->rep->error[0] == '\0') nf_fail(j->rep, "no thread to run on");
+      goto out;
+    }
   }
   j->rc = r == 0 ? 0 : -1;
 out:
@@ -502,8 +549,9 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   uint64_t first_vaddr = 0;
   if (nf_find_libc(pid, &libc, rep)) goto out;
   sym_query q[] = {{.name = "dlopen"},        {.name = "dlsym"},         {.name = "dlerror"},
-                   {.name = "__libc_dlopen_mode"}, {.name = "__libc_dlsym"}};
-  if (nf_elf_dynsyms(libc.path, q, 5, &first_vaddr, rep)) goto out;
+                   {.name = "__libc_dlopen_mode"}, {.name = "__libc_dlsym"}, {.name = "pthread_mutex_trylock"},
+                   {.name = "pthread_mutex_unlock"}};
+  if (nf_elf_dynsyms(libc.path, q, 7, &first_vaddr, rep)) goto out;
   uint64_t base = libc.start - first_vaddr;
   bool legacy = q[0].value == 0;
   if ((legacy && q[3].value == 0) || (!q[1].value && !q[4].value)) {
@@ -521,6 +569,11 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   if (nf_find_ldso(pid, &ld) == 0 && nf_elf_dynsyms(ld.path, &rq, 1, &ld_first, &scratch) == 0 && rq.value) {
     j->rtld_global = ld.start - ld_first + rq.value;
     j->rtld_global_size = rq.size;
+    if (q[5].value && q[6].value) {
+      j->load_lock = nf_find_load_lock(pid, j->rtld_global, j->rtld_global_size);
+      j->f_trylock = base + q[5].value;
+      j->f_unlock = base + q[6].value;
+    }
   }
   if (nf_find_gadgets(&libc, &j->t.gad, rep)) goto out;
   /* The return trap: a synchronous signal the process does not ignore (the

@@ -67,6 +67,7 @@ int nf_find_ldso(pid_t pid, libc_map* out) NF_HIDDEN;
 /* A thread of `pid` (from threads[0..n)) that holds one of the loader's own
  * locks, read from the recursive mutexes inside _rtld_global (addr, size) in
  * the target's memory; 0 if none, -1 if unreadable. */
+uint64_t nf_find_load_lock(pid_t pid, uint64_t addr, uint64_t size) NF_HIDDEN;
 pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const thread_info* threads, int n) NF_HIDDEN;
 
 /* Addresses, in the target, of an int3 byte and of glibc's __restore_rt

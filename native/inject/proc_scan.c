@@ -192,6 +192,36 @@ pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const threa
   return holder;
 }
 
+/*
+ * _dl_load_lock's address: in every glibc since libpthread joined libc (2.34),
+ * struct rtld_global has `size_t _dl_nns` (the namespaces in use, 1..16) and
+ * right after it _dl_load_lock and _dl_load_write_lock, two recursive
+ * pthread mutexes of 40 bytes. That neighbourhood, found once in the
+ * target's copy, names the lock; 0 if it is not there (another libc).
+ */
+uint64_t nf_find_load_lock(pid_t pid, uint64_t addr, uint64_t size) {
+  if (size < 96 || size > (1u << 20)) return 0;
+  uint8_t* buf = malloc(size);
+  if (!buf) return 0;
+  struct iovec local = {buf, size}, remote = {(void*)addr, size};
+  uint64_t found = 0;
+  if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)size) {
+    for (uint64_t off = 8; off + 80 <= size; off += 8) {
+      uint64_t nns;
+      int32_t k1, k2;
+      memcpy(&nns, buf + off - 8, 8);
+      memcpy(&k1, buf + off + 16, 4);
+      memcpy(&k2, buf + off + 56, 4);
+      if (nns >= 1 && nns <= 16 && (k1 & 0x7f) == 1 && (k2 & 0x7f) == 1) {
+        found = addr + off;
+        break;
+      }
+    }
+  }
+  free(buf);
+  return found;
+}
+
 int nf_mapping_identity(pid_t pid, uint64_t addr, uint64_t* dev, uint64_t* ino) {
   char maps[64];
   snprintf(maps, sizeof maps, "/proc/%d/maps", pid);

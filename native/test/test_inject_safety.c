@@ -102,6 +102,31 @@ static void test_loader_busy(void) {
   stop_target(&t);
 }
 
+/* ctorwait where the main thread never waits: another thread is borrowed, and the loader's lock is
+ * taken with trylock before our dlopen, so a constructor entering the loader meanwhile cannot wait
+ * for a mutex the borrowed thread holds while our dlopen waits for it. */
+static void test_ctor_wait_other_thread(void) {
+  char lib[1200];
+  snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
+  target t;
+  CHECK(start_target_fd("target_hazard", "ctorwait-spin", lib, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
+        "start a ctorwait target whose main thread spins");
+  int ok = 0, other = 0;
+  for (int i = 0; i < 8; i++) {
+    nf_inject_report r;
+    unlink(out_path);
+    if (inject_t(t.pid, probe, "probe_noop", out_path, 50, 2000, &r) == 0 && r.ok) ok++;
+    else printf("# ctorwait-spin #%d (thread %d): %s\n", i, (int)r.thread_used, r.error);
+    other += r.thread_used != 0 && r.thread_used != t.pid;
+  }
+  CHECK(ok == 8, "8 of 8 injections succeed (%d)", ok);
+  /* (after safe_wait the spinning main thread may be used in user code, as documented: not every time) */
+  CHECK(other >= 1, "on a thread other than the spinning main one, the trylock path (%d of 8)", other);
+  loader_free(&t, "ctorwait-spin");
+  healthy(&t, "ctorwait-spin");
+  stop_target(&t);
+}
+
 /* A call that outlives its timeout: left to finish, the thread restores itself. A target with one
  * thread in read(2), so the thread the call runs on is the one whose answers we watch. */
 static void test_timeout(void) {
@@ -464,6 +489,7 @@ int main(int argc, char** argv) {
 #define RUN(name, call) if (!only || strstr(only, name)) call /* only: a comma-separated list */
   RUN("mallinfo", test_mallinfo());
   RUN("ctorwait", test_ctor_wait());
+  RUN("ctorspin", test_ctor_wait_other_thread());
   RUN("timeout", test_timeout());
   RUN("loaderbusy", test_loader_busy());
   RUN("busy", test_busy());

@@ -5,6 +5,8 @@
  *                     constructor waits for target_mu, which another thread
  *                     holds ms (20) at a time: the loader's lock is held while
  *                     waiting in futex
+ *   ctorwait-spin <lib>  the same, but main spins in user code (never idle)
+ *                     and commands come on a thread of their own
  *   ctorhold <lib>    the loader lock stays held (a thread's dlopen of <lib>
  *                     waits in the constructor for target_mu, held) until the
  *                     command "release"; main ticks in nanosleep, "count"
@@ -142,6 +144,14 @@ int main(int argc, char** argv) {
     if (argc > 3) hold_ms = atol(argv[3]);
     start(holder);
     start(ctor_loader);
+  } else if (strcmp(mode, "ctorwait-spin") == 0 && argc > 2) {
+    /* ctorwait with a main thread that never waits: the injection has to borrow another thread */
+    ctor_lib = argv[2];
+    start(holder);
+    start(ctor_loader);
+    start(commands);
+    volatile unsigned long spin = 0;
+    for (;;) spin++;
   } else if (strcmp(mode, "ctorhold") == 0 && argc > 2) {
     ctor_lib = argv[2];
     pthread_mutex_lock(&target_mu); /* handed to the holder thread below: released on "release" */
