@@ -7,7 +7,7 @@
  * The routes below are the whole API: the router answers from this table and
  * the OpenAPI document (GET /admin/v1/openapi.json) is generated from it.
  */
-import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { readFileSync, statSync, unwatchFile, watchFile } from 'node:fs';
 import { join } from 'node:path';
 import type http from 'node:http';
 import type { FuncConfig } from '../common/func-config.js';
@@ -24,6 +24,9 @@ import type { EngineServer } from './engine-server.js';
 
 export const ADMIN_PREFIX = '/admin/v1';
 
+/** How long a changed policy file must stay unchanged before it is read. */
+const SETTLE_MS = 1000;
+
 export class PolicyStore {
   policy: Policy = DEFAULT_POLICY;
   source = 'built-in defaults';
@@ -31,6 +34,7 @@ export class PolicyStore {
   loadedAt = Date.now();
   reloads = { ok: 0, refused: 0 };
   private watching = false;
+  private settleTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly log: Logger, private readonly onChange: (p: Policy) => void, readonly path = '') {}
 
@@ -46,8 +50,28 @@ export class PolicyStore {
     if (this.watching) return;
     this.watching = true;
     watchFile(this.path, { interval: 500 }, (cur, prev) => {
-      if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size) this.reloadFile('file changed');
+      if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size) this.reloadWhenSettled(cur);
     });
+  }
+
+  /**
+   * A file seen changing may be half written (truncated, then filled: an empty or cut policy would
+   * parse, and be applied): it is read only once it has stopped changing for SETTLE_MS. SIGHUP and
+   * the admin API reload at once: the operator says the file is ready.
+   */
+  private reloadWhenSettled(seen: { mtimeMs: number; size: number }): void {
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => {
+      let now: { mtimeMs: number; size: number } | undefined;
+      try {
+        now = statSync(this.path);
+      } catch {
+        now = undefined;
+      }
+      if (now && (now.mtimeMs !== seen.mtimeMs || now.size !== seen.size)) return this.reloadWhenSettled(now);
+      this.reloadFile('file changed');
+    }, SETTLE_MS);
+    this.settleTimer.unref();
   }
 
   /** Reload from the file; an invalid file keeps the old policy and says why. */
@@ -88,6 +112,7 @@ export class PolicyStore {
   }
 
   close(): void {
+    clearTimeout(this.settleTimer);
     if (this.watching) unwatchFile(this.path);
   }
 }

@@ -236,7 +236,7 @@ t.test('SIGHUP, file change and the admin API: hostile policies refused, the old
     t.equal(p.text, good, `${what}: the old policy stays`);
   }
   writeFileSync(file, good);
-  await sleep(1200); // let the file watcher settle on the good text
+  await sleep(2000); // let the file watcher settle on the good text (500 ms poll + 1 s settle)
   const base = usage(pid);
   let n = 0;
   const wrong: string[] = [];
