@@ -86,6 +86,13 @@ static const uint64_t SYNC_SIGNALS = 1ull << (SIGSEGV - 1) | 1ull << (SIGBUS - 1
 
 /* ------------------------------------------------------ choosing a thread */
 
+/* Detaches the thread we only interrupted (nothing of it was changed): it goes on as it was. */
+static void let_go(tracee* t) {
+  ptrace(PTRACE_DETACH, t->tid, 0, 0);
+  t->stopped = false;
+  t->tid = 0;
+}
+
 /* Seizes and interrupts `tid`; keeps it if it stopped somewhere usable: 0 kept, 1 not, -1 fatal. */
 static int try_thread(job* j, pid_t tid, bool allow_user) {
   tracee* t = &j->t;
@@ -143,10 +150,15 @@ static int try_thread(job* j, pid_t tid, bool allow_user) {
     rep->syscall_nr = in_syscall ? (int)r.orig_rax : -1;
     return 0;
   }
-  ptrace(PTRACE_DETACH, tid, 0, 0); /* somewhere it may hold a lock: let it go on */
-  t->stopped = false;
-  t->tid = 0;
+  let_go(t); /* somewhere it may hold a lock */
   return 1;
+}
+
+static int fail_loader_busy(job* j, pid_t holder) {
+  j->rep->loader_busy = holder;
+  return nf_fail(j->rep, "thread %d of %d holds the dynamic loader's lock (inside dlopen or dlclose, e.g. a constructor that waits): "
+                 "a dlopen now would wait for it, and deadlock if the thread it ran on held what that one waits for; not injecting, try again later",
+                 holder, j->pid);
 }
 
 static pid_t loader_holder(job* j, int n) {
@@ -172,23 +184,20 @@ static int choose_thread(job* j) {
       return nf_fail(rep, "target %d exited (no threads in /proc)", j->pid);
     }
     int live = 0, dstate = 0, stopped = 0, busy = 0;
+    bool main_may_wait = false; /* the main thread is running or in a system call: it may come back to its wait */
     for (int i = 0; i < n; i++) {
       thread_info* th = &j->threads[i];
       live += th->kind != TH_GONE;
       dstate += th->kind == TH_DSTATE;
       stopped += th->kind == TH_STOPPED;
       busy += th->kind == TH_SYSCALL && !nf_syscall_is_idle_wait(th->nr, th->arg1);
+      if (th->tid == j->pid) main_may_wait = th->kind == TH_SYSCALL || th->kind == TH_RUNNING || th->kind == TH_BLOCKED;
     }
     rep->threads_seen = live;
     /* A thread inside the loader (a dlopen whose constructor waits, say) holds its lock: our dlopen would
      * wait for it on the thread we took, and if that thread holds what the other waits for, neither ever
      * goes on. So nothing is taken while the loader is busy; it is asked again once a thread is stopped. */
     pid_t holder = loader_holder(j, n);
-    bool main_may_wait = false;
-    for (int i = 0; i < n; i++) {
-      const thread_info* th = &j->threads[i];
-      if (th->tid == j->pid) main_may_wait = th->kind == TH_SYSCALL || th->kind == TH_RUNNING || th->kind == TH_BLOCKED;
-    }
     for (int pass = 0; pass < 2 && holder == 0; pass++) {
       if (pass == 1 && main_may_wait && nf_now_us() < others_from) break;
       for (int i = 0; i < n; i++) {
@@ -202,11 +211,7 @@ static int choose_thread(job* j) {
         int r = try_thread(j, th->tid, fallback);
         if (r < 0) return r;
         if (r == 0 && (holder = loader_holder(j, n)) == 0) return 0;
-        if (r == 0) {
-          ptrace(PTRACE_DETACH, j->t.tid, 0, 0); /* it was only interrupted: it goes on as it was */
-          j->t.stopped = false;
-          j->t.tid = 0;
-        }
+        if (r == 0) let_go(&j->t);
       }
     }
     if (holder > 0) rep->loader_busy = holder;
@@ -219,10 +224,7 @@ static int choose_thread(job* j) {
       continue;
     }
     if (fallback && now >= safe_deadline) {
-      if (holder > 0)
-        return nf_fail(rep, "thread %d of %d holds the dynamic loader's lock (inside dlopen or dlclose, e.g. a constructor that waits): "
-                       "a dlopen now would wait for it, and deadlock if the thread it ran on held what that one waits for; not injecting, try again later",
-                       holder, j->pid);
+      if (holder > 0) return fail_loader_busy(j, holder);
       if (stopped == live) return nf_fail(rep, "target %d is stopped (SIGSTOP or similar): continue it first", j->pid);
       return nf_fail(rep, "no thread of %d could be used: %d of %d in uninterruptible sleep, %d in a system call that may hold a lock (futex on a lock, write, mmap...), %d stopped",
                      j->pid, dstate, live, busy, stopped);
@@ -406,12 +408,10 @@ static void* tracer_main(void* p) {
     if (r != LOADER_BUSY) break;
     /* The loader was busy when we asked: nothing was done; the thread is back as it was. */
     j->rep->thread_used = 0;
-    pid_t owner = 0;
-    struct iovec lo = {&owner, 4}, re = {(void*)(j->load_lock + 8), 4}; /* pthread_mutex_t.__owner */
-    if (process_vm_readv(j->pid, &lo, 1, &re, 1, 0) == 4 && owner > 0) j->rep->loader_busy = owner;
+    pid_t owner = nf_mutex_owner(j->pid, j->load_lock);
+    if (owner > 0) j->rep->loader_busy = owner;
     if (nf_now_us() >= busy_until) {
-      r = nf_fail(j->rep, "thread %d of %d holds the dynamic loader's lock (inside dlopen or dlclose, e.g. a constructor that waits): "
-                  "not injecting, try again later", j->rep->loader_busy, j->pid);
+      r = fail_loader_busy(j, j->rep->loader_busy);
       break;
     }
     struct timespec ts = {0, 1000000};
@@ -547,7 +547,8 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
 
   libc_map libc;
   uint64_t first_vaddr = 0;
-  if (nf_find_libc(pid, &libc, rep)) goto out;
+  libc_map ld;
+  if (nf_find_libc(pid, &libc, &ld, rep)) goto out;
   sym_query q[] = {{.name = "dlopen"},        {.name = "dlsym"},         {.name = "dlerror"},
                    {.name = "__libc_dlopen_mode"}, {.name = "__libc_dlsym"}, {.name = "pthread_mutex_trylock"},
                    {.name = "pthread_mutex_unlock"}};
@@ -562,11 +563,10 @@ int nf_inject(int32_t pid, const char* library, const char* entry, const char* a
   j->f_dlsym = base + (q[1].value ? q[1].value : q[4].value);
   j->f_dlerror = q[2].value ? base + q[2].value : 0;
   j->dlopen_mode = RTLD_NOW_ | (legacy ? RTLD_DLOPEN_FLAG_ : 0);
-  libc_map ld;
   uint64_t ld_first = 0;
   sym_query rq = {.name = "_rtld_global", .object = 1};
   nf_inject_report scratch; /* a loader we cannot read only means the busy check is off */
-  if (nf_find_ldso(pid, &ld) == 0 && nf_elf_dynsyms(ld.path, &rq, 1, &ld_first, &scratch) == 0 && rq.value) {
+  if (ld.start && nf_elf_dynsyms(ld.path, &rq, 1, &ld_first, &scratch) == 0 && rq.value) {
     j->rtld_global = ld.start - ld_first + rq.value;
     j->rtld_global_size = rq.size;
     if (q[5].value && q[6].value) {

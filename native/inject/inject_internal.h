@@ -61,14 +61,17 @@ typedef struct {
   char path[4200];     /* through /proc/<pid>/root */
   uint64_t start;      /* lowest mapping of the file (file offset 0) */
 } libc_map;
-int nf_find_libc(pid_t pid, libc_map* out, nf_inject_report* r) NF_HIDDEN;
-/* The dynamic loader (ld-linux*.so) mapped in the target; -1 if none (static). */
-int nf_find_ldso(pid_t pid, libc_map* out) NF_HIDDEN;
+/* libc and the dynamic loader (ld-linux*.so) as mapped in the target, from one
+ * read of its maps; libc is required, ld->start is 0 when there is none. */
+int nf_find_libc(pid_t pid, libc_map* libc, libc_map* ld, nf_inject_report* r) NF_HIDDEN;
 /* A thread of `pid` (from threads[0..n)) that holds one of the loader's own
  * locks, read from the recursive mutexes inside _rtld_global (addr, size) in
  * the target's memory; 0 if none, -1 if unreadable. */
-uint64_t nf_find_load_lock(pid_t pid, uint64_t addr, uint64_t size) NF_HIDDEN;
 pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const thread_info* threads, int n) NF_HIDDEN;
+/* The address of _dl_load_lock inside _rtld_global (addr, size); 0 if not found. */
+uint64_t nf_find_load_lock(pid_t pid, uint64_t addr, uint64_t size) NF_HIDDEN;
+/* The owner tid of the pthread mutex at `addr` in the target; 0 if free or unreadable. */
+pid_t nf_mutex_owner(pid_t pid, uint64_t addr) NF_HIDDEN;
 
 /* Addresses, in the target, of an int3 byte and of glibc's __restore_rt
  * (mov $15,%rax; syscall), both in libc's executable text; 0 if absent. */

@@ -121,40 +121,60 @@ static bool is_ldso(const char* base) {
   return strncmp(base, "ld-linux", 8) == 0 || (strncmp(base, "ld-", 3) == 0 && strstr(base, ".so"));
 }
 
-/* The first mapping at file offset 0 of a file whose name `match`es: 0, or -1. */
-static int find_mapped(pid_t pid, bool (*match)(const char*), libc_map* out) {
+int nf_find_libc(pid_t pid, libc_map* libc, libc_map* ld, nf_inject_report* r) {
   char maps[64];
   snprintf(maps, sizeof maps, "/proc/%d/maps", pid);
   FILE* f = fopen(maps, "re");
-  if (!f) return -1;
+  if (!f) return nf_fail(r, "cannot read %s: %s", maps, strerror(errno));
+  libc->start = 0;
+  ld->start = 0;
   char line[4352];
-  int found = -1;
-  while (fgets(line, sizeof line, f)) {
+  while ((!libc->start || !ld->start) && fgets(line, sizeof line, f)) {
     unsigned long long start, end, off;
     char perms[8], file[4096] = "";
-    if (sscanf(line, "%llx-%llx %7s %llx %*s %*s %4095[^\n]", &start, &end, perms, &off, file) < 4) continue;
+    if (sscanf(line, "%llx-%llx %7s %llx %*s %*s %4095[^\n]", &start, &end, perms, &off, file) < 4 || off != 0) continue;
     const char* base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    if (off != 0 || !match(base)) continue;
+    libc_map* out = !libc->start && is_libc(base) ? libc : !ld->start && is_ldso(base) ? ld : NULL;
+    if (!out) continue;
     snprintf(out->path, sizeof out->path, "/proc/%d/root%s", pid, file);
     out->start = start;
-    found = 0;
-    break;
   }
   fclose(f);
-  return found;
-}
-
-int nf_find_libc(pid_t pid, libc_map* out, nf_inject_report* r) {
-  char maps[64];
-  snprintf(maps, sizeof maps, "/proc/%d/maps", pid);
-  if (access(maps, R_OK) != 0) return nf_fail(r, "cannot read %s: %s", maps, strerror(errno));
-  if (find_mapped(pid, is_libc, out) != 0)
-    return nf_fail(r, "target %d has no libc.so mapped (statically linked?): there is no dlopen to call in it", pid);
+  if (!libc->start) return nf_fail(r, "target %d has no libc.so mapped (statically linked?): there is no dlopen to call in it", pid);
   return 0;
 }
 
-int nf_find_ldso(pid_t pid, libc_map* out) { return find_mapped(pid, is_ldso, out); }
+/* pthread_mutex_t on x86-64 (the glibc ABI, the same in every version): the words read here. */
+enum { MUTEX_LOCK = 0, MUTEX_COUNT = 4, MUTEX_OWNER = 8, MUTEX_KIND = 16, MUTEX_SIZE = 40 };
+#define MUTEX_RECURSIVE(kind) (((kind) & 0x7f) == 1)
+
+static int32_t word_at(const uint8_t* p, size_t off) {
+  int32_t v;
+  memcpy(&v, p + off, 4);
+  return v;
+}
+
+/* `size` bytes of the target's memory at `addr`, in a buffer to free; NULL if unreadable. */
+static uint8_t* read_remote(pid_t pid, uint64_t addr, uint64_t size) {
+  if (size == 0 || size > (1u << 20)) return NULL;
+  uint8_t* buf = malloc(size);
+  if (!buf) return NULL;
+  struct iovec local = {buf, size}, remote = {(void*)addr, size};
+  if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)size) {
+    free(buf);
+    return NULL;
+  }
+  return buf;
+}
+
+pid_t nf_mutex_owner(pid_t pid, uint64_t addr) {
+  uint8_t* m = read_remote(pid, addr, MUTEX_SIZE);
+  if (!m) return 0;
+  pid_t owner = word_at(m, MUTEX_OWNER);
+  free(m);
+  return owner > 0 ? owner : 0;
+}
 
 /*
  * glibc's loader serialises dlopen/dlclose (and its TLS and unique-symbol
@@ -165,26 +185,19 @@ int nf_find_ldso(pid_t pid, libc_map* out) { return find_mapped(pid, is_ldso, ou
  * as held: random data matching it, with a live tid, is not to be expected.
  */
 pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const thread_info* threads, int n) {
-  if (size < 20 || size > (1u << 20)) return -1;
-  uint8_t* buf = malloc(size);
+  if (size < MUTEX_KIND + 4) return -1;
+  uint8_t* buf = read_remote(pid, addr, size);
   if (!buf) return -1;
-  struct iovec local = {buf, size}, remote = {(void*)addr, size};
-  pid_t holder = -1;
-  if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)size) {
-    holder = 0;
-    for (uint64_t off = 0; off + 20 <= size && holder == 0; off += 4) {
-      int32_t lock, owner, kind;
-      uint32_t count;
-      memcpy(&lock, buf + off, 4);
-      memcpy(&count, buf + off + 4, 4);
-      memcpy(&owner, buf + off + 8, 4);
-      memcpy(&kind, buf + off + 16, 4);
-      if (lock < 1 || lock > 2 || count < 1 || count > 4096 || owner <= 0 || (kind & 0x7f) != 1 /* recursive */) continue;
-      for (int i = 0; i < n; i++) {
-        if (threads[i].tid == owner && threads[i].kind != TH_GONE) {
-          holder = owner;
-          break;
-        }
+  pid_t holder = 0;
+  for (uint64_t off = 0; off + MUTEX_KIND + 4 <= size && holder == 0; off += 4) {
+    const uint8_t* m = buf + off;
+    int32_t lock = word_at(m, MUTEX_LOCK), owner = word_at(m, MUTEX_OWNER);
+    uint32_t count = (uint32_t)word_at(m, MUTEX_COUNT);
+    if (lock < 1 || lock > 2 || count < 1 || count > 4096 || owner <= 0 || !MUTEX_RECURSIVE(word_at(m, MUTEX_KIND))) continue;
+    for (int i = 0; i < n; i++) {
+      if (threads[i].tid == owner && threads[i].kind != TH_GONE) {
+        holder = owner;
+        break;
       }
     }
   }
@@ -196,26 +209,20 @@ pid_t nf_loader_lock_holder(pid_t pid, uint64_t addr, uint64_t size, const threa
  * _dl_load_lock's address: in every glibc since libpthread joined libc (2.34),
  * struct rtld_global has `size_t _dl_nns` (the namespaces in use, 1..16) and
  * right after it _dl_load_lock and _dl_load_write_lock, two recursive
- * pthread mutexes of 40 bytes. That neighbourhood, found once in the
- * target's copy, names the lock; 0 if it is not there (another libc).
+ * pthread mutexes. That neighbourhood, found once in the target's copy,
+ * names the lock; 0 if it is not there (another libc).
  */
 uint64_t nf_find_load_lock(pid_t pid, uint64_t addr, uint64_t size) {
-  if (size < 96 || size > (1u << 20)) return 0;
-  uint8_t* buf = malloc(size);
+  if (size < 8 + 2 * MUTEX_SIZE) return 0;
+  uint8_t* buf = read_remote(pid, addr, size);
   if (!buf) return 0;
-  struct iovec local = {buf, size}, remote = {(void*)addr, size};
   uint64_t found = 0;
-  if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)size) {
-    for (uint64_t off = 8; off + 80 <= size; off += 8) {
-      uint64_t nns;
-      int32_t k1, k2;
-      memcpy(&nns, buf + off - 8, 8);
-      memcpy(&k1, buf + off + 16, 4);
-      memcpy(&k2, buf + off + 56, 4);
-      if (nns >= 1 && nns <= 16 && (k1 & 0x7f) == 1 && (k2 & 0x7f) == 1) {
-        found = addr + off;
-        break;
-      }
+  for (uint64_t off = 8; off + 2 * MUTEX_SIZE <= size; off += 8) {
+    uint64_t nns;
+    memcpy(&nns, buf + off - 8, 8);
+    if (nns >= 1 && nns <= 16 && MUTEX_RECURSIVE(word_at(buf + off, MUTEX_KIND)) && MUTEX_RECURSIVE(word_at(buf + off + MUTEX_SIZE, MUTEX_KIND))) {
+      found = addr + off;
+      break;
     }
   }
   free(buf);
