@@ -4,6 +4,7 @@
  */
 import type net from 'node:net';
 import { libc } from './libc.js';
+import { socketFd } from './socket-fd.js';
 
 const getsockopt = libc.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *value, _Inout_ uint32_t *len)');
 const SOL_SOCKET = 1;
@@ -17,8 +18,8 @@ export interface PeerCred {
 
 /** The peer's credentials, or undefined when the socket has no descriptor (or is not a Unix socket). */
 export function peerCred(socket: net.Socket): PeerCred | undefined {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return undefined;
+  const fd = socketFd(socket);
+  if (fd === undefined) return undefined;
   const buf = Buffer.alloc(12); // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
   const len = [12];
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, buf, len) !== 0 || len[0] < 12) return undefined;

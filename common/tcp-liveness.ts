@@ -9,6 +9,7 @@
  */
 import type net from 'node:net';
 import { libc } from './libc.js';
+import { socketFd } from './socket-fd.js';
 
 const setsockopt = libc.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t len)');
 const SOL_SOCKET = 1;
@@ -36,8 +37,8 @@ function set(fd: number, level: number, name: number, value: number): void {
 /** Applies the settings to a connected TCP socket; a socket without a descriptor yet is left as it is. */
 export function tuneLiveness(socket: net.Socket, s: LivenessSettings = DEFAULT_LIVENESS): void {
   socket.setKeepAlive(true, s.idleSec * 1000);
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return;
+  const fd = socketFd(socket);
+  if (fd === undefined) return;
   set(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
   set(fd, IPPROTO_TCP, TCP_KEEPIDLE, s.idleSec);
   set(fd, IPPROTO_TCP, TCP_KEEPINTVL, s.intervalSec);

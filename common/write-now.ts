@@ -8,12 +8,11 @@
  */
 import { writeSync } from 'node:fs';
 import type net from 'node:net';
-
-type WithFd = net.Socket & { _handle?: { fd?: number } | null };
+import { socketFd } from './socket-fd.js';
 
 export function writeNow(socket: net.Socket, data: Buffer): void {
-  const fd = (socket as WithFd)._handle?.fd;
-  if (fd !== undefined && fd >= 0 && socket.writableLength === 0 && socket.writable && !socket.connecting) {
+  const fd = socketFd(socket);
+  if (fd !== undefined && socket.writableLength === 0 && socket.writable && !socket.connecting) {
     let n = 0;
     try {
       n = writeSync(fd, data);

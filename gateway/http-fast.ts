@@ -248,10 +248,15 @@ class FastConn {
       s.once('drain', this.fp.onDrainOf);
     }
     if (this.owed.length > 0 || this.parsing || this.writeBlocked) return;
+    this.goOn(wasFull || this.buf.length > 0);
+  }
+
+  /** Nothing owed any more: end, hand over, or read on (`readOn`: reading was paused or requests wait). */
+  goOn(readOn: boolean): void {
     if (this.ended) this.finishEnded();
     else if (this.leaving) this.handOff();
-    else if (wasFull || this.buf.length > 0) {
-      s.resume();
+    else if (readOn) {
+      this.socket.resume();
       this.parse();
     }
   }
@@ -330,13 +335,7 @@ export class FastPath {
     const c = this[kFast];
     if (!c || c.gone) return;
     c.writeBlocked = false;
-    if (c.owed.length > 0 || c.parsing) return;
-    if (c.ended) c.finishEnded();
-    else if (c.leaving) c.handOff();
-    else {
-      this.resume();
-      c.parse();
-    }
+    if (c.owed.length === 0 && !c.parsing) c.goOn(true); // reading was paused for the drain
   };
   readonly onCloseOf = function (this: FastSocket): void {
     this[kFast]?.close();
