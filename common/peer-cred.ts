@@ -4,10 +4,9 @@
  */
 import type net from 'node:net';
 import { libc } from './libc.js';
-import { socketFd } from './socket-fd.js';
+import { SOL_SOCKET, socketFd } from './socket-fd.js';
 
 const getsockopt = libc.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *value, _Inout_ uint32_t *len)');
-const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 
 export interface PeerCred {

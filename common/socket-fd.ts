@@ -5,6 +5,9 @@
  */
 import type net from 'node:net';
 
+/** getsockopt/setsockopt's level for options of the socket itself (Linux). */
+export const SOL_SOCKET = 1;
+
 type WithFd = net.Socket & { _handle?: { fd?: number } | null };
 
 /** The descriptor, or undefined when the socket has none (yet, or any more). */

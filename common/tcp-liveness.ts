@@ -9,10 +9,9 @@
  */
 import type net from 'node:net';
 import { libc } from './libc.js';
-import { socketFd } from './socket-fd.js';
+import { SOL_SOCKET, socketFd } from './socket-fd.js';
 
 const setsockopt = libc.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t len)');
-const SOL_SOCKET = 1;
 const SO_KEEPALIVE = 9;
 const IPPROTO_TCP = 6;
 const TCP_KEEPIDLE = 4;

@@ -41,29 +41,32 @@ static void loader_free(target* t, const char* what) {
 
 /* ---------------------------------------------- item 1: lock-holding threads */
 
-/* Starts a target_hazard mode (arguments a1, a2), injects n times, and checks it came through whole. */
-static void hazard(const char* mode, const char* a1, const char* what, const char* entry, int timeout_ms, int n) {
+/* Starts a target_hazard mode (argument a1), injects n times, and checks it came through whole.
+ * Returns how many of the injections ran on a thread other than the main one. */
+static int hazard(const char* mode, const char* a1, const char* what, const char* entry, int timeout_ms, int n) {
   target t;
   CHECK(start_target_fd("target_hazard", mode, a1, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0, "start a target whose %s", what);
-  int ok = 0;
+  int ok = 0, other = 0;
   for (int i = 0; i < n; i++) {
     nf_inject_report r;
     unlink(out_path);
     if (inject_t(t.pid, probe, entry, out_path, 50, timeout_ms, &r) == 0 && r.ok) ok++;
-    else printf("# %s #%d: %s\n", mode, i, r.error);
+    else printf("# %s #%d (thread %d): %s\n", mode, i, (int)r.thread_used, r.error);
+    other += r.thread_used != 0 && r.thread_used != t.pid;
   }
   CHECK(ok == n, "%d of %d injections succeed while the target's %s (%d)", n, n, what, ok);
   loader_free(&t, mode);
   healthy(&t, mode);
   stop_target(&t);
+  return other;
 }
 
-static void test_mallinfo(void) { hazard("mallinfo", NULL, "thread loops mallinfo2() with one arena (holding the malloc lock in turns)", "probe_entry", 500, 5); }
+static void test_mallinfo(void) { (void)hazard("mallinfo", NULL, "thread loops mallinfo2() with one arena (holding the malloc lock in turns)", "probe_entry", 500, 5); }
 
 static void test_ctor_wait(void) {
   char lib[1200];
   snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
-  hazard("ctorwait", lib, "thread sits in futex inside dlopen (the loader lock held, a constructor waiting for a contended mutex)", "probe_noop", 2000, 5);
+  (void)hazard("ctorwait", lib, "thread sits in futex inside dlopen (the loader lock held, a constructor waiting for a contended mutex)", "probe_noop", 2000, 5);
 }
 
 static void two_counts(target* t, char* a, char* b, size_t len, int gap_us) {
@@ -108,23 +111,10 @@ static void test_loader_busy(void) {
 static void test_ctor_wait_other_thread(void) {
   char lib[1200];
   snprintf(lib, sizeof lib, "%s/libs/libslowctor.so", dir);
-  target t;
-  CHECK(start_target_fd("target_hazard", "ctorwait-spin", lib, NULL, -1, &t) == 0 && read_line(&t, (char[64]){0}, 64, 5000) == 0,
-        "start a ctorwait target whose main thread spins");
-  int ok = 0, other = 0;
-  for (int i = 0; i < 8; i++) {
-    nf_inject_report r;
-    unlink(out_path);
-    if (inject_t(t.pid, probe, "probe_noop", out_path, 50, 2000, &r) == 0 && r.ok) ok++;
-    else printf("# ctorwait-spin #%d (thread %d): %s\n", i, (int)r.thread_used, r.error);
-    other += r.thread_used != 0 && r.thread_used != t.pid;
-  }
-  CHECK(ok == 8, "8 of 8 injections succeed (%d)", ok);
+  int other = hazard("ctorwait-spin", lib, "main thread spins while another sits in futex inside dlopen (a constructor waiting for a contended mutex)",
+                     "probe_noop", 2000, 8);
   /* (after safe_wait the spinning main thread may be used in user code, as documented: not every time) */
   CHECK(other >= 1, "on a thread other than the spinning main one, the trylock path (%d of 8)", other);
-  loader_free(&t, "ctorwait-spin");
-  healthy(&t, "ctorwait-spin");
-  stop_target(&t);
 }
 
 /* A call that outlives its timeout: left to finish, the thread restores itself. A target with one
