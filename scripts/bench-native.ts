@@ -78,7 +78,7 @@ async function measureBuild(stack: LocalStack, label: string, dir: string, injec
       await s.load('Bar', bar, iso, 1);
       await s.route('Bar', true);
       await loopCall(stack.httpPort, 'Bar 20000');
-      nested[iso] = await loopCall(stack.httpPort, 'Bar 200000');
+      nested[iso] = await loopCall(stack.httpPort, 'Bar 50000');
       await s.route('Bar', false);
       await s.unload('Bar');
     }
