@@ -2,7 +2,8 @@
  * A node agent's workers and functions: one worker process (its state, its
  * sockets, the call it runs and the nested calls it made) and one function's
  * pool (workers, idle stack, FIFO of queued calls, counters, Nightcore's
- * min/max worker rules). The node agent (node-agent.ts) drives them.
+ * min/max worker rules). The node agent's roles (worker-supervisor.ts,
+ * dispatch.ts, nested-calls.ts) drive them.
  */
 import type net from 'node:net';
 import type { FuncEntry } from '../common/func-config.js';
@@ -10,9 +11,13 @@ import type { GatewayConn } from './gateway-link.js';
 import type { SpawnedProcess } from './spawn.js';
 
 /** Where a call came from, and so where its result goes. */
-export type CallSource =
-  | { kind: 'gateway'; conn: GatewayConn | undefined }
-  | { kind: 'nested'; caller: Worker; callerFunc: string };
+export type CallSource = { kind: 'gateway'; conn: GatewayConn | undefined } | NestedSource;
+
+export interface NestedSource {
+  kind: 'nested';
+  caller: Worker;
+  callerFunc: string;
+}
 
 export interface Call {
   id: bigint;
