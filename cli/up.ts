@@ -119,7 +119,7 @@ export async function runUp(argv: string[]): Promise<void> {
   const launcherExtra = (host: string, enginePort: number | string, controlPort: number | string) =>
     ({ gateway_addr: host, gateway_port: enginePort, control_port: Number(controlPort) > 0 ? controlPort : 0 });
   if (f.one_process) {
-    // The in-process gateway and launcher read their tokens as separate processes would; workers never see them (launcher/node-agent.ts).
+    // The in-process gateway and launcher read their tokens as separate processes would; workers never see them (launcher/worker-supervisor.ts).
     process.env.NIGHTFUSE_CLUSTER_TOKEN = clusterToken;
     process.env.NIGHTFUSE_ADMIN_TOKEN = f.admin_token;
     delete process.env.NIGHTFUSE_ADMIN_TOKEN_FILE;
