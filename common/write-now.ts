@@ -4,7 +4,8 @@
  * write), when nothing is queued on it: the hot path's answers and frames
  * are small and the kernel buffer is almost always free. What the kernel does
  * not take, or anything while writes are queued, goes through socket.write,
- * so order and backpressure stay the stream's.
+ * so order and backpressure stay the stream's; it is copied first, because
+ * `data` may be a view of a read buffer that is reused (worker-supervisor.ts).
  */
 import { writeSync } from 'node:fs';
 import type net from 'node:net';
@@ -26,5 +27,5 @@ export function writeNow(socket: net.Socket, data: Buffer): void {
     if (n === data.length) return;
     data = data.subarray(n);
   }
-  socket.write(data);
+  socket.write(Buffer.from(data));
 }

@@ -17,6 +17,16 @@ import type { IpcRoot } from './ipc-files.js';
 import { spawnProcess, type SpawnedProcess } from './spawn.js';
 import { type FunctionPool, Worker } from './workers.js';
 
+/**
+ * Every worker's output FIFO is read into this one buffer (net.Socket's
+ * `onread`): no 64 KiB allocation, stream push or 'data' event per read, which
+ * were a fifth of the node agent's CPU per call (BENCHMARKS.md). One is enough:
+ * reads are handled one at a time on the event loop. A frame is therefore a
+ * view valid only while it is handled: whatever keeps one copies it (the
+ * nested-call frame, the output), and writeNow copies what it must queue.
+ */
+const FIFO_READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
+
 export interface WorkerSupervisorOptions {
   config: FuncConfig;
   workerHost: string;
@@ -222,11 +232,16 @@ export class WorkerSupervisor {
     clearTimeout(w.handshakeTimer);
     w.hsSock = sock;
     w.inSock = new net.Socket({ fd: fds.inFd, readable: false, writable: true });
-    w.outSock = new net.Socket({ fd: fds.outFd, readable: true, writable: false });
+    const reader = new IpcFrameReader();
+    const onFrame = (f: Buffer): void => this.dispatch.onWorkerFrame(w, f);
+    // node reads a socket's fd into `onread.buffer` (documented for net.connect; the constructor takes it too)
+    const opts: net.SocketConstructorOpts & { onread: net.OnReadOpts } = {
+      fd: fds.outFd, readable: true, writable: false,
+      onread: { buffer: FIFO_READ_BUFFER, callback: (n: number, buf: Uint8Array) => (reader.feed((buf as Buffer).subarray(0, n), onFrame), true) },
+    };
+    w.outSock = new net.Socket(opts);
     w.inSock.on('error', (err) => this.workerDead(w, `input FIFO: ${err.message}`));
     w.outSock.on('error', (err) => this.workerDead(w, `output FIFO: ${err.message}`));
-    const reader = new IpcFrameReader();
-    w.outSock.on('data', (chunk: Buffer) => reader.feed(chunk, (f) => this.dispatch.onWorkerFrame(w, f)));
     sock.on('close', () => this.workerDead(w, 'engine socket closed'));
     sock.on('data', () => {
       /* unused after the handshake, as in Nightcore */
