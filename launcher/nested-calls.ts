@@ -53,7 +53,8 @@ export class NestedCalls {
   /** The result `f` of nested `call` (already counted on the callee's pool, once): to the caller, if it is still there. */
   deliver(call: Call, source: NestedSource, callee: FunctionPool | undefined, f: Buffer, failed: boolean, size: number): void {
     const caller = source.caller;
-    caller.nested.delete(call.id);
+    // a refused duplicate id must not take the entry of the call in flight under that id
+    if (caller.nested.get(call.id) === call) caller.nested.delete(call.id);
     const now = monotonicMicrosNumber();
     this.edges.record(source.callerFunc, callee?.entry.funcName ?? `#${call.funcId}`, {
       inputBytes: call.inputSize,
