@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -82,15 +81,12 @@ static bool is_object(const Elf64_Sym* s) {
 /*
  * Answers per file, kept: every worker maps the same libc and ld.so, and
  * reading a libc's symbol table costs ~0.3 ms, more than an injection's whole
- * stopped window. A file is the same while its device, inode, size, mtime and
- * ctime are; the queries must match name for name.
+ * stopped window. A file is the same while its file_id is; the queries must
+ * match name for name.
  */
 enum { SYM_CACHE = 8, SYM_CACHE_QUERIES = 8 };
 typedef struct {
-  dev_t dev;
-  ino_t ino;
-  off_t size;
-  struct timespec mtime, ctime;
+  file_id id;
   int nq;
   sym_query q[SYM_CACHE_QUERIES]; /* names point at the caller's (static) strings: compared by content */
   char names[SYM_CACHE_QUERIES][64];
@@ -101,12 +97,6 @@ static pthread_mutex_t g_sym_mu = PTHREAD_MUTEX_INITIALIZER;
 static sym_cache_entry g_sym_cache[SYM_CACHE];
 static unsigned g_sym_next;
 
-static bool same_file(const sym_cache_entry* e, const struct stat* st) {
-  return e->valid && e->dev == st->st_dev && e->ino == st->st_ino && e->size == st->st_size &&
-         e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec &&
-         e->ctime.tv_sec == st->st_ctim.tv_sec && e->ctime.tv_nsec == st->st_ctim.tv_nsec;
-}
-
 static bool same_queries(const sym_cache_entry* e, const sym_query* q, int nq) {
   if (e->nq != nq) return false;
   for (int k = 0; k < nq; k++)
@@ -114,12 +104,12 @@ static bool same_queries(const sym_cache_entry* e, const sym_query* q, int nq) {
   return true;
 }
 
-static bool cache_get(const struct stat* st, sym_query* q, int nq, uint64_t* first) {
+static bool cache_get(const file_id* id, sym_query* q, int nq, uint64_t* first) {
   bool hit = false;
   pthread_mutex_lock(&g_sym_mu);
   for (int i = 0; i < SYM_CACHE && !hit; i++) {
     const sym_cache_entry* e = &g_sym_cache[i];
-    if (!same_file(e, st) || !same_queries(e, q, nq)) continue;
+    if (!e->valid || !nf_same_file(&e->id, id) || !same_queries(e, q, nq)) continue;
     for (int k = 0; k < nq; k++) {
       q[k].value = e->q[k].value;
       q[k].size = e->q[k].size;
@@ -132,14 +122,13 @@ static bool cache_get(const struct stat* st, sym_query* q, int nq, uint64_t* fir
   return hit;
 }
 
-static void cache_put(const struct stat* st, const sym_query* q, int nq, uint64_t first) {
+static void cache_put(const file_id* id, const sym_query* q, int nq, uint64_t first) {
   if (nq > SYM_CACHE_QUERIES) return;
   for (int k = 0; k < nq; k++)
     if (strlen(q[k].name) >= sizeof g_sym_cache[0].names[0]) return;
   pthread_mutex_lock(&g_sym_mu);
   sym_cache_entry* e = &g_sym_cache[g_sym_next++ % SYM_CACHE];
-  *e = (sym_cache_entry){.dev = st->st_dev, .ino = st->st_ino, .size = st->st_size, .mtime = st->st_mtim,
-                         .ctime = st->st_ctim, .nq = nq, .first_load_vaddr = first, .valid = true};
+  *e = (sym_cache_entry){.id = *id, .nq = nq, .first_load_vaddr = first, .valid = true};
   for (int k = 0; k < nq; k++) {
     e->q[k] = q[k];
     e->q[k].name = NULL;
@@ -153,7 +142,8 @@ int nf_elf_dynsyms(const char* path, sym_query* q, int nq, uint64_t* first_load_
   if (fd < 0) return nf_fail(r, "cannot open %s: %s", path, strerror(errno));
   struct stat fst;
   bool cacheable = fstat(fd, &fst) == 0;
-  if (cacheable && cache_get(&fst, q, nq, first_load_vaddr)) {
+  file_id id = cacheable ? nf_file_id(&fst) : (file_id){0};
+  if (cacheable && cache_get(&id, q, nq, first_load_vaddr)) {
     close(fd);
     return 0;
   }
@@ -213,7 +203,7 @@ int nf_elf_dynsyms(const char* path, sym_query* q, int nq, uint64_t* first_load_
     offer(q, nq, strs + syms[i].st_name, &syms[i], object, vers ? (vers[i] & 0x8000) != 0 : 0);
   }
   rc = 0;
-  if (cacheable) cache_put(&fst, q, nq, *first_load_vaddr);
+  if (cacheable) cache_put(&id, q, nq, *first_load_vaddr);
 out:
   free(sh);
   free(syms);

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -30,6 +31,25 @@
 
 double nf_now_us(void) NF_HIDDEN;
 int nf_fail(nf_inject_report* r, const char* fmt, ...) NF_HIDDEN __attribute__((format(printf, 2, 3)));
+
+/* What makes a file the same file for the per-file caches (gadgets, symbols):
+ * every worker maps the same libc, and a file replaced or rewritten in place
+ * changes one of these. */
+typedef struct {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime, ctime;
+} file_id;
+
+static inline file_id nf_file_id(const struct stat* st) {
+  return (file_id){.dev = st->st_dev, .ino = st->st_ino, .size = st->st_size, .mtime = st->st_mtim, .ctime = st->st_ctim};
+}
+
+static inline bool nf_same_file(const file_id* a, const file_id* b) {
+  return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec &&
+         a->mtime.tv_nsec == b->mtime.tv_nsec && a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
 
 /* ----------------------------------------------------------- proc_scan.c */
 

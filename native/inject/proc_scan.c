@@ -258,8 +258,7 @@ int nf_mapping_identity(pid_t pid, uint64_t addr, uint64_t* dev, uint64_t* ino) 
  */
 static pthread_mutex_t g_gadget_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
-  dev_t dev;
-  ino_t ino;
+  file_id id;
   uint64_t int3, restore_rt; /* vaddrs in the file's image, 0 if absent */
   int valid;
 } g_gadget_cache;
@@ -308,15 +307,15 @@ int nf_find_gadgets(const libc_map* libc, gadgets* g, nf_inject_report* r) {
   uint64_t int3 = 0, rrt = 0, first = 0;
   int rc = 0;
   pthread_mutex_lock(&g_gadget_mu);
-  if (g_gadget_cache.valid && g_gadget_cache.dev == st.st_dev && g_gadget_cache.ino == st.st_ino) {
+  file_id id = nf_file_id(&st);
+  if (g_gadget_cache.valid && nf_same_file(&g_gadget_cache.id, &id)) {
     int3 = g_gadget_cache.int3;
     rrt = g_gadget_cache.restore_rt;
   } else if (scan_file(fd, &int3, &rrt, &first) == 0) {
     /* Store as offsets from the image's lowest page: the base is per process. */
     int3 = int3 ? int3 - first + 1 : 0; /* +1: 0 stays "absent" */
     rrt = rrt ? rrt - first + 1 : 0;
-    g_gadget_cache.dev = st.st_dev;
-    g_gadget_cache.ino = st.st_ino;
+    g_gadget_cache.id = id;
     g_gadget_cache.int3 = int3;
     g_gadget_cache.restore_rt = rrt;
     g_gadget_cache.valid = 1;
