@@ -17,6 +17,7 @@ import { ConsoleServer } from './console-server.js';
 import { AddressAllowList, isLoopbackAddress, checkClusterToken } from '../common/cluster-auth.js';
 import { DesiredState } from './desired-state.js';
 import { clusterFamilies } from './cluster-metrics.js';
+import { trimWhenIdle } from '../common/idle-trim.js';
 
 export const GATEWAY_FLAGS = {
   listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
@@ -166,10 +167,12 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listenOn(httpServer, o.listenAddr, o.httpPort);
   const grpcPort = await listenOn(grpcServer, o.listenAddr, o.grpcPort);
+  const untrim = trimWhenIdle(() => dispatcher.stats.dispatched);
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
     engines, dispatcher, control, metrics, http: httpServer, policy, admin, drain,
     async stop() {
+      untrim();
       policy.close();
       admin.close();
       dispatcher.failAll();

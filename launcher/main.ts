@@ -18,6 +18,7 @@ import type { Isolation } from '../proto/merge-wire.js';
 import { createProbeServer, listenOn } from '../common/lifecycle.js';
 import { LauncherDrain } from './drain.js';
 import { clearAmbientCapabilities } from './spawn.js';
+import { trimWhenIdle } from '../common/idle-trim.js';
 import { newInstanceId, checkClusterToken } from '../common/cluster-auth.js';
 
 export const LAUNCHER_FLAGS = {
@@ -172,6 +173,7 @@ export async function runLauncher(argv: string[], embed?: LauncherEmbedding): Pr
   const probe = f.probe_port > 0 ? createProbeServer(() => drain.readiness(), log) : undefined;
   if (probe) log.info({ addr: f.probe_addr, port: await listenOn(probe, f.probe_addr, f.probe_port) }, 'probe port: /healthz, /readyz');
   await agent.whenReady();
+  const untrim = trimWhenIdle(() => agent.callsTaken);
   link.start();
   control?.start();
   log.info({ ipcRoot: f.root_path_for_ipc, functions: config.entries.length }, 'launcher ready');
@@ -191,6 +193,7 @@ export async function runLauncher(argv: string[], embed?: LauncherEmbedding): Pr
     drain.closing = true;
     await merge.stop();
     await agent.stop(); // fails what is left, over the still-open link
+    untrim();
     control?.stop();
     link.stop();
     probe?.close();

@@ -109,6 +109,13 @@ export class NodeAgent implements GatewaySink, WorkerObserver {
     return p ? [...p.workers.values()] : [];
   }
 
+  /** calls taken so far, every function together (a counter that moves with work: common/idle-trim.ts) */
+  get callsTaken(): number {
+    let n = 0;
+    for (const p of this.pools.values()) n += p.counters.calls;
+    return n;
+  }
+
   async stop(): Promise<void> {
     if (this.supervisor.stopping) return;
     await this.supervisor.stop();

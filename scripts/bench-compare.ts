@@ -14,7 +14,7 @@ import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.js';
 import { freePort, median, started, table } from './bench-lib.js';
-import { rssMiB, sampleCpu, stackPids, type CpuSample } from './bench-proc.js';
+import { rssParts, sampleCpu, stackPids, type CpuSample } from './bench-proc.js';
 import { runWrk, type WrkResult } from './wrk.js';
 
 export const BASELINE_COMMIT = '6b09007';
@@ -160,10 +160,28 @@ async function rowsOn(stacks: Stack[], specs: RowSpec[]): Promise<RowResult[]> {
   return out;
 }
 
-function rss(s: Stack): (string | number)[] {
+type RssSnap = Map<number, { rss: number; anon: number; file: number }>;
+
+/** RSS of each process of each stack: right after the load, and again after RSS_SETTLE_MS idle. */
+function rssSnap(stacks: Stack[]): RssSnap {
+  const m: RssSnap = new Map();
+  for (const s of stacks) {
+    const p = stackPids(s.child.pid!);
+    for (const pid of [p.up, p.gateway, p.agent]) m.set(pid, rssParts(pid));
+  }
+  return m;
+}
+
+const RSS_SETTLE_MS = 3000;
+
+function rss(s: Stack, after: RssSnap, settled: RssSnap): (string | number)[] {
   const p = stackPids(s.child.pid!);
-  if (p.gateway === p.up) return [s.label, `${us(rssMiB(p.gateway))} (gateway + node agent)`, '(same process)', 'none (up is that process)'];
-  return [s.label, us(rssMiB(p.gateway)), us(rssMiB(p.agent)), us(rssMiB(p.up))];
+  const cell = (pid: number) => {
+    const a = after.get(pid), b = settled.get(pid);
+    return a && b ? `${us(a.rss)} → ${us(b.rss)} (anon ${us(b.anon)}, file ${us(b.file)})` : '?';
+  };
+  if (p.gateway === p.up) return [s.label, `${cell(p.gateway)}: gateway + node agent`, '(same process)', 'none (up is that process)'];
+  return [s.label, cell(p.gateway), cell(p.agent), cell(p.up)];
 }
 
 async function settleSocialnet(s: Stack, body: Body): Promise<number> {
@@ -219,7 +237,10 @@ export async function benchCompare(): Promise<string> {
       { name: 'Foo→Bar not merged', path: '/function/Foo', conns: 16, body: hello, aim: { text: '≥ 2× req/s', met: (t, n) => n.rps >= 2 * t.rps } },
       { name: 'Bar, 64 KiB body', path: '/function/Bar', conns: 16, body: big, aim: { text: '≥ 2× req/s', met: (t, n) => n.rps >= 2 * t.rps } },
     ]));
-    rssRows = stacks.map(rss);
+    const after = rssSnap(stacks);
+    await new Promise((r) => setTimeout(r, RSS_SETTLE_MS));
+    const settledRss = rssSnap(stacks);
+    rssRows = stacks.map((s) => rss(s, after, settledRss));
   } finally {
     await Promise.all(stacks.map(stopStack));
   }
@@ -253,7 +274,7 @@ export async function benchCompare(): Promise<string> {
     '',
     `socialnet's policy settled (4 pairs merged) ${settled.map((x) => `${(x / 1000).toFixed(1)} s`).join(' / ')} after it was applied under load (${labels.map((s) => s.label).join(' / ')}).`,
     '',
-    '#### RSS after load (MiB; after the Bar, Foo→Bar and 64 KiB rows; aim: gateway and node agent each < 60, up < 40 or gone)',
+    `#### RSS after load (MiB; after the Bar, Foo→Bar and 64 KiB rows, right after → ${RSS_SETTLE_MS / 1000} s later, and that one's private (RssAnon) and file-backed (RssFile) parts; aim: gateway and node agent each < 60, up < 40 or gone)`,
     '',
     table(['stack', 'gateway', 'node agent', 'up supervisor'], rssRows),
   ].join('\n');

@@ -33,12 +33,14 @@ export function cpuSeconds(pid: number): number {
   return (Number(f[12]) + Number(f[13])) / TICKS_PER_SEC; // fields 14, 15
 }
 
-export function rssMiB(pid: number): number {
+/** VmRSS and its private (RssAnon) and file-backed (RssFile: the node binary, libraries) parts, MiB. */
+export function rssParts(pid: number): { rss: number; anon: number; file: number } {
   try {
-    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
-    return m ? Number(m[1]) / 1024 : NaN;
+    const st = readFileSync(`/proc/${pid}/status`, 'latin1');
+    const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(st)?.[1] ?? NaN) / 1024;
+    return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') };
   } catch {
-    return NaN;
+    return { rss: NaN, anon: NaN, file: NaN };
   }
 }
 

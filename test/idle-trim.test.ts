@@ -1,0 +1,47 @@
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { IDLE_TRIM_INTERVAL_MS, idleTrims, trimWhenIdle } from '../common/idle-trim.js';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function rssAnonMiB(): number {
+  const m = /^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'latin1'));
+  return Number(m![1]) / 1024;
+}
+
+t.test('a burst that is over gives its heap back; a process under load is left alone', async (t) => {
+  let calls = 0;
+  const stop = trimWhenIdle(() => calls);
+  t.teardown(stop);
+  await sleep(IDLE_TRIM_INTERVAL_MS * 2.5); // the trim after the start
+
+  // Busy: the counter moves every 100 ms, so no second passes without a call.
+  const before = idleTrims();
+  const busy = setInterval(() => calls++, 100);
+  await sleep(IDLE_TRIM_INTERVAL_MS * 2.5);
+  clearInterval(busy);
+  t.equal(idleTrims(), before, 'no trim while calls keep coming');
+
+  // A burst: 64 MiB of 32 KiB backing stores (glibc's heap, below the mmap threshold), each
+  // followed by a small one that stays, so the heap cannot shrink from its top by itself.
+  const pins: Buffer[] = [];
+  let burst: Buffer[] = [];
+  for (let i = 0; i < 2048; i++) {
+    burst.push(Buffer.alloc(32 << 10, 1));
+    pins.push(Buffer.alloc(5000, 2));
+  }
+  calls++;
+  burst = [];
+  gc();
+  await sleep(50);
+  const held = rssAnonMiB();
+  await sleep(IDLE_TRIM_INTERVAL_MS * 2.5);
+  const after = rssAnonMiB();
+  t.ok(idleTrims() > before, 'trimmed once the calls stopped');
+  t.ok(held - after > 40, `the freed 64 MiB left the process (RssAnon ${held.toFixed(1)} -> ${after.toFixed(1)} MiB)`);
+  t.equal(pins.length, 2048);
+});
