@@ -39,13 +39,14 @@ export class NestedCalls {
       id, funcId: calleeId, frame, source: { kind: 'nested', caller, callerFunc }, inputSize: Math.abs(size),
       ownsInputShm: false, receivedUs: monotonicMicrosNumber(),
     };
+    // Counted before any refusal, as external calls are: a refused call is a call and a failure.
+    if (pool) pool.counters.calls++;
     if (!pool || !pool.runnable || caller.nested.has(id)) {
       // Nightcore drops such calls and the caller hangs; we fail them.
       this.log.warn({ caller: caller.pool.entry.funcName, calleeFuncId: calleeId, call: String(id) }, 'nested call to an unknown or unrunnable function, or a duplicate id: failed');
       this.dispatch.finishFailed(call, 'unknown callee');
       return;
     }
-    pool.counters.calls++;
     caller.nested.set(id, call);
     this.dispatch.submit(call, pool);
   }
