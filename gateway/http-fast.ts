@@ -22,6 +22,7 @@ import type { CallHandle, CallOutcome, Dispatcher } from './dispatcher.js';
 import { errorAnswer, type HttpLimits, MAX_PIPELINED, nightcoreDate, outcomeStatus } from './http-frontend.js';
 import type { GatewayMetrics } from './metrics.js';
 import { writeNow } from '../common/write-now.js';
+import { pushCopiesFrom, readAcceptedIntoShared } from '../common/shared-read.js';
 
 export interface FastPathOptions {
   config: FuncConfig;
@@ -41,33 +42,6 @@ const STATUS_LINE: Record<number, string> = { 200: 'HTTP/1.1 200 OK', 500: 'HTTP
 const COPY_LIMIT = 16 * 1024;
 const EMPTY = Buffer.alloc(0);
 const REQUEST_TIMEOUT = { code: 'ERR_HTTP_REQUEST_TIMEOUT' } as NodeJS.ErrnoException;
-
-/**
- * Reads straight into one shared buffer: what net.Socket's documented
- * `onread` option does for sockets we create, applied to accepted ones
- * through the same two slots on the socket (node 20 has no such server
- * option). It saves, per read, a 64 KiB allocation, a Readable push and a
- * 'data' event: ~10 % of the gateway's CPU per call (BENCHMARKS.md). A chunk
- * is then valid only while it is handled: FastConn copies what it keeps (the
- * call's input, an unfinished request), and a connection handed to node:http
- * gets copies pushed into its stream as before. Where the slots are not found
- * (another node), connections read through 'data' as before.
- */
-const USER_READ = ((): { kBuffer: symbol; kBufferCb: symbol } | undefined => {
-  const probe = new net.Socket();
-  const find = (name: string) => Object.getOwnPropertySymbols(probe).find((x) => x.description === name);
-  const kBuffer = find('kBuffer');
-  const kBufferCb = find('kBufferCb');
-  probe.destroy();
-  return kBuffer && kBufferCb ? { kBuffer, kBufferCb } : undefined;
-})();
-const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
-type UserReadSocket = net.Socket & Record<symbol, unknown> & { _handle?: { useUserBuffer?: (b: Uint8Array) => void } };
-
-/** After a hand-off: the bytes node:http is to see, copied out of the shared buffer into its stream. */
-function pushCopy(this: net.Socket, n: number, buf: Uint8Array): boolean {
-  return this.push(Buffer.from(buf.subarray(0, n)));
-}
 
 /** A parsed plain request head. */
 interface Head {
@@ -150,10 +124,8 @@ class Owed {
 
 class FastConn {
   buf: Buffer = EMPTY;
-  /** `buf` is a view of READ_BUFFER (valid only during the read that filled it) */
+  /** `buf` is a view of SHARED_READ_BUFFER (valid only during the read that filled it) */
   bufShared = false;
-  /** reads come through READ_BUFFER (USER_READ), not 'data' */
-  userRead = false;
   /** bytes of the request in `buf` still to come, and the chunks of it that came since */
   missing = 0;
   chunks: Buffer[] = [];
@@ -178,7 +150,7 @@ class FastConn {
     this.requestStart = now; // a new connection's first request is timed from its accept, as node does
   }
 
-  /** `shared`: `chunk` is a view of READ_BUFFER, to be copied if kept past this call. */
+  /** `shared`: `chunk` is a view of SHARED_READ_BUFFER (common/shared-read.ts), to be copied if kept past this call. */
   onData(chunk: Buffer, shared: boolean): void {
     if (this.gone) return;
     const now = Date.now();
@@ -310,7 +282,7 @@ class FastConn {
     this.fp.stats.handedOff++;
     const s = this.socket;
     s.pause();
-    if (this.userRead) (s as UserReadSocket)[USER_READ!.kBufferCb] = pushCopy;
+    pushCopiesFrom(s);
     s.removeListener('data', this.fp.onDataOf);
     s.removeListener('end', this.fp.onEndOf);
     s.removeListener('close', this.fp.onCloseOf);
@@ -399,15 +371,7 @@ export class FastPath {
     (socket as FastSocket)[kFast] = c;
     this.conns.add(c);
     socket.setNoDelay(true);
-    const u = socket as UserReadSocket;
-    if (USER_READ && typeof u._handle?.useUserBuffer === 'function' && u[USER_READ.kBuffer] === null) {
-      u[USER_READ.kBuffer] = READ_BUFFER;
-      u[USER_READ.kBufferCb] = this.onReadOf;
-      u._handle.useUserBuffer(READ_BUFFER);
-      c.userRead = true;
-    } else {
-      socket.on('data', this.onDataOf);
-    }
+    if (!readAcceptedIntoShared(socket, this.onReadOf)) socket.on('data', this.onDataOf);
     socket.on('end', this.onEndOf);
     socket.on('close', this.onCloseOf);
     socket.on('error', this.onErrorOf);

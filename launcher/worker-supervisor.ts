@@ -15,17 +15,8 @@ import { encodeIpc, ipc, IpcFrameReader, MESSAGE_SIZE, MessageType } from '../pr
 import type { Dispatcher } from './dispatch.js';
 import type { IpcRoot } from './ipc-files.js';
 import { spawnProcess, type SpawnedProcess } from './spawn.js';
+import { sharedOnRead } from '../common/shared-read.js';
 import { type FunctionPool, Worker } from './workers.js';
-
-/**
- * Every worker's output FIFO is read into this one buffer (net.Socket's
- * `onread`): no 64 KiB allocation, stream push or 'data' event per read, which
- * were a fifth of the node agent's CPU per call (BENCHMARKS.md). One is enough:
- * reads are handled one at a time on the event loop. A frame is therefore a
- * view valid only while it is handled: whatever keeps one copies it (the
- * nested-call frame, the output), and writeNow copies what it must queue.
- */
-const FIFO_READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 export interface WorkerSupervisorOptions {
   config: FuncConfig;
@@ -237,7 +228,7 @@ export class WorkerSupervisor {
     // node reads a socket's fd into `onread.buffer` (documented for net.connect; the constructor takes it too)
     const opts: net.SocketConstructorOpts & { onread: net.OnReadOpts } = {
       fd: fds.outFd, readable: true, writable: false,
-      onread: { buffer: FIFO_READ_BUFFER, callback: (n: number, buf: Uint8Array) => (reader.feed((buf as Buffer).subarray(0, n), onFrame), true) },
+      onread: sharedOnRead((n, buf) => reader.feed(buf.subarray(0, n), onFrame)),
     };
     w.outSock = new net.Socket(opts);
     w.inSock.on('error', (err) => this.workerDead(w, `input FIFO: ${err.message}`));
