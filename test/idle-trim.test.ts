@@ -2,7 +2,7 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { IDLE_TRIM_INTERVAL_MS, idleTrims, trimWhenIdle } from '../common/idle-trim.js';
+import { IDLE_TRIM_INTERVAL_MS, idleTrims, TRIM_GROWTH_MIB, trimWhenIdle } from '../common/idle-trim.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -45,4 +45,10 @@ t.test('a burst that is over gives its heap back; a process under load is left a
   t.ok(held - after > 40, `the freed 64 MiB left the process (RssAnon ${held.toFixed(1)} -> ${after.toFixed(1)} MiB)`);
   t.equal(pins.length, 2048);
   t.equal(typeof (globalThis as { gc?: unknown }).gc, 'undefined', 'the GC it runs first is not exposed to the process');
+
+  // A pause after calls that left little behind: no GC and no trim (they would stall the loop for nothing).
+  const trimmed = idleTrims();
+  calls++;
+  await sleep(IDLE_TRIM_INTERVAL_MS * 2.5);
+  t.equal(idleTrims(), trimmed, `no trim after a pause when private memory grew by less than ${TRIM_GROWTH_MIB} MiB`);
 });
