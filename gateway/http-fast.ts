@@ -126,9 +126,15 @@ class FastConn {
   buf: Buffer = EMPTY;
   /** `buf` is a view of SHARED_READ_BUFFER (valid only during the read that filled it) */
   bufShared = false;
-  /** bytes of the request in `buf` still to come, and the chunks of it that came since */
+  /** bytes of the request in `buf` still to come */
   missing = 0;
-  chunks: Buffer[] = [];
+  /**
+   * While a body is still coming, `buf` is a view of this: the request's bytes
+   * so far, each read copied once to its place. It grows by doubling towards
+   * the request's size, so what it holds is never more than twice what came
+   * (a Content-Length alone reserves nothing).
+   */
+  private pending: Buffer | undefined;
   readonly owed: Owed[] = [];
   /** ms timestamps for the deadlines the sweep checks */
   requestStart = 0;
@@ -157,16 +163,18 @@ class FastConn {
     this.lastActive = now;
     if (this.buf.length === 0) this.requestStart = now;
     if (this.missing > 0) {
-      // a body still coming: gather its chunks, join them once it is whole (one copy, not one per read)
-      const last = chunk.length >= this.missing;
-      this.chunks.push(shared && !last ? Buffer.from(chunk) : chunk);
-      this.missing -= chunk.length;
+      // a body still coming: each read copied once, to its place in the request's buffer
+      const n = Math.min(chunk.length, this.missing);
+      const at = this.buf.length;
+      const p = this.room(n);
+      chunk.copy(p, at, 0, n);
+      this.buf = p.subarray(0, at + n);
+      this.missing -= n;
       if (this.missing > 0) return;
-      this.chunks.unshift(this.buf);
-      this.buf = Buffer.concat(this.chunks);
+      this.pending = undefined;
+      // bytes of the next request behind the body (pipelined): rare, joined
+      if (n < chunk.length) this.buf = Buffer.concat([this.buf, chunk.subarray(n)]);
       this.bufShared = false;
-      this.chunks = [];
-      this.missing = 0;
     } else if (this.buf.length === 0) {
       this.buf = chunk;
       this.bufShared = shared;
@@ -175,8 +183,26 @@ class FastConn {
       this.bufShared = false;
     }
     this.parse();
-    if (this.bufShared && this.buf.length > 0) this.buf = Buffer.from(this.buf); // kept for the next read
+    if (this.bufShared && this.buf.length > 0) {
+      // kept for the next read: a body still to come starts the request's own buffer
+      if (this.missing > 0) this.room(0);
+      else this.buf = Buffer.from(this.buf);
+    }
     this.bufShared = false;
+  }
+
+  /** The request's buffer, with room for `extra` more bytes after `buf` (which becomes a view of it). */
+  private room(extra: number): Buffer {
+    const have = this.buf.length;
+    const p = this.pending;
+    if (p && this.buf.buffer === p.buffer && this.buf.byteOffset === p.byteOffset && have + extra <= p.length) return p;
+    const total = have + this.missing;
+    const size = Math.min(total, Math.max(2 * (have + extra), 64 * 1024));
+    const next = Buffer.allocUnsafe(size);
+    this.buf.copy(next, 0, 0, have);
+    this.pending = next;
+    this.buf = next.subarray(0, have);
+    return next;
   }
 
   /** Takes every complete plain request in the buffer; stops at the first other thing. */
@@ -288,8 +314,8 @@ class FastConn {
     s.removeListener('close', this.fp.onCloseOf);
     s.removeListener('error', this.fp.onErrorOf);
     (s as FastSocket)[kFast] = undefined;
-    if (this.chunks.length > 0) this.buf = Buffer.concat([this.buf, ...this.chunks]);
-    else if (this.bufShared) this.buf = Buffer.from(this.buf);
+    if (this.bufShared) this.buf = Buffer.from(this.buf);
+    this.pending = undefined;
     this.bufShared = false;
     if (this.buf.length > 0) s.unshift(this.buf);
     this.buf = EMPTY;
