@@ -31,7 +31,7 @@ let gc: (() => void) | undefined;
  * released 4.6 of 39.7 MiB of heap in one run). `gc` from a context created
  * after --expose-gc is set, so nothing global is exposed.
  */
-function collect(): void {
+export function fullGc(): void {
   if (!gc) {
     setFlagsFromString('--expose-gc');
     gc = runInNewContext('gc') as () => void;
@@ -72,7 +72,7 @@ function tick(): void {
   if (!busy) return;
   busy = false;
   if (privateMiB() - floor < TRIM_GROWTH_MIB) return;
-  collect();
+  fullGc();
   mallocTrim(0);
   trims++;
   floor = privateMiB();

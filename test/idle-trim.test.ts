@@ -1,17 +1,9 @@
 import t from 'tap';
-import { readFileSync } from 'node:fs';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
-import { IDLE_TRIM_INTERVAL_MS, idleTrims, TRIM_GROWTH_MIB, trimWhenIdle } from '../common/idle-trim.js';
+import { fullGc, IDLE_TRIM_INTERVAL_MS, idleTrims, TRIM_GROWTH_MIB, trimWhenIdle } from '../common/idle-trim.js';
+import { rssParts } from '../scripts/bench-proc.js';
 
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function rssAnonMiB(): number {
-  const m = /^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'latin1'));
-  return Number(m![1]) / 1024;
-}
+const rssAnonMiB = () => rssParts(process.pid).anon;
 
 t.test('a burst that is over gives its heap back; a process under load is left alone', async (t) => {
   let calls = 0;
@@ -36,7 +28,7 @@ t.test('a burst that is over gives its heap back; a process under load is left a
   }
   calls++;
   burst = [];
-  gc();
+  fullGc();
   await sleep(50);
   const held = rssAnonMiB();
   await sleep(IDLE_TRIM_INTERVAL_MS * 2.5);
