@@ -14,7 +14,7 @@ import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.js';
 import { freePort, median, started, table } from './bench-lib.js';
-import { rssParts, sampleCpu, stackPids, type CpuSample } from './bench-proc.js';
+import { rssParts, sampleCpu, stackPids, type CpuSample, type StackPids } from './bench-proc.js';
 import { runWrk, type WrkResult } from './wrk.js';
 
 export const BASELINE_COMMIT = '6b09007';
@@ -162,26 +162,22 @@ async function rowsOn(stacks: Stack[], specs: RowSpec[]): Promise<RowResult[]> {
 
 type RssSnap = Map<number, { rss: number; anon: number; file: number }>;
 
-/** RSS of each process of each stack: right after the load, and again after RSS_SETTLE_MS idle. */
-function rssSnap(stacks: Stack[]): RssSnap {
+/** RSS of each process of each stack (right after the load, and again after RSS_SETTLE_MS idle). */
+function rssSnap(pids: StackPids[]): RssSnap {
   const m: RssSnap = new Map();
-  for (const s of stacks) {
-    const p = stackPids(s.child.pid!);
-    for (const pid of [p.up, p.gateway, p.agent]) m.set(pid, rssParts(pid));
-  }
+  for (const p of pids) for (const pid of [p.up, p.gateway, p.agent]) m.set(pid, rssParts(pid));
   return m;
 }
 
 const RSS_SETTLE_MS = 3000;
 
-function rss(s: Stack, after: RssSnap, settled: RssSnap): (string | number)[] {
-  const p = stackPids(s.child.pid!);
+function rss(label: string, p: StackPids, after: RssSnap, settled: RssSnap): (string | number)[] {
   const cell = (pid: number) => {
     const a = after.get(pid), b = settled.get(pid);
     return a && b ? `${us(a.rss)} → ${us(b.rss)} (anon ${us(b.anon)}, file ${us(b.file)})` : '?';
   };
-  if (p.gateway === p.up) return [s.label, `${cell(p.gateway)}: gateway + node agent`, '(same process)', 'none (up is that process)'];
-  return [s.label, cell(p.gateway), cell(p.agent), cell(p.up)];
+  if (p.gateway === p.up) return [label, `${cell(p.gateway)}: gateway + node agent`, '(same process)', 'none (up is that process)'];
+  return [label, cell(p.gateway), cell(p.agent), cell(p.up)];
 }
 
 async function settleSocialnet(s: Stack, body: Body): Promise<number> {
@@ -237,10 +233,11 @@ export async function benchCompare(): Promise<string> {
       { name: 'Foo→Bar not merged', path: '/function/Foo', conns: 16, body: hello, aim: { text: '≥ 2× req/s', met: (t, n) => n.rps >= 2 * t.rps } },
       { name: 'Bar, 64 KiB body', path: '/function/Bar', conns: 16, body: big, aim: { text: '≥ 2× req/s', met: (t, n) => n.rps >= 2 * t.rps } },
     ]));
-    const after = rssSnap(stacks);
+    const pids = stacks.map((s) => stackPids(s.child.pid!));
+    const after = rssSnap(pids);
     await new Promise((r) => setTimeout(r, RSS_SETTLE_MS));
-    const settledRss = rssSnap(stacks);
-    rssRows = stacks.map((s) => rss(s, after, settledRss));
+    const settledRss = rssSnap(pids);
+    rssRows = stacks.map((s, i) => rss(s.label, pids[i], after, settledRss));
   } finally {
     await Promise.all(stacks.map(stopStack));
   }
