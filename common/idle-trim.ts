@@ -14,6 +14,9 @@
  * private memory grew by TRIM_GROWTH_MIB since the last trim, i.e. after a
  * burst, not after every pause of a trickle of calls.
  *
+ * Work is what the registered counters say: calls, and for the gateway the
+ * connections it accepts (a flood of connections that make no call is work too).
+ *
  * One timer per process, whatever registers (in `nightfuse up`'s one process
  * the gateway and the node agent both do).
  */

@@ -104,6 +104,8 @@ export class EngineServer {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
   private pending = 0;
+  /** connections accepted, refused ones included (work done: common/idle-trim.ts) */
+  accepted = 0;
   private readonly refused = new WeakSet<net.Socket>();
   private readonly log: Logger;
 
@@ -130,6 +132,7 @@ export class EngineServer {
   }
 
   private onConnection(socket: net.Socket): void {
+    this.accepted++;
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     if (this.pending >= (this.o.maxPendingConns ?? 256)) {
       this.refusals.set('too_many_pending', (this.refusals.get('too_many_pending') ?? 0) + 1);

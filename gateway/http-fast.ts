@@ -357,7 +357,7 @@ type FastSocket = net.Socket & { [kFast]?: FastConn };
 export class FastPath {
   readonly conns = new Set<FastConn>();
   /** requests answered here, and connections given to node:http (tests and diagnostics) */
-  readonly stats = { requests: 0, handedOff: 0 };
+  readonly stats = { requests: 0, handedOff: 0, connections: 0 };
   private sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(readonly o: FastPathOptions) {}
@@ -393,6 +393,7 @@ export class FastPath {
   };
 
   accept(socket: net.Socket): void {
+    this.stats.connections++;
     const c = new FastConn(this, socket, Date.now());
     (socket as FastSocket)[kFast] = c;
     this.conns.add(c);

@@ -18,6 +18,7 @@ import { AddressAllowList, isLoopbackAddress, checkClusterToken } from '../commo
 import { DesiredState } from './desired-state.js';
 import { clusterFamilies } from './cluster-metrics.js';
 import { trimWhenIdle } from '../common/idle-trim.js';
+import { fastPathOf } from './http-fast.js';
 
 export const GATEWAY_FLAGS = {
   listen_addr: { type: 'string', default: '0.0.0.0', help: 'IPv4 address for every listener' },
@@ -167,7 +168,9 @@ export async function startGateway(o: GatewayOptions): Promise<RunningGateway> {
   const engine = await engines.listen(o.listenAddr, o.engineConnPort);
   const httpPort = await listenOn(httpServer, o.listenAddr, o.httpPort);
   const grpcPort = await listenOn(grpcServer, o.listenAddr, o.grpcPort);
-  const untrim = trimWhenIdle(() => dispatcher.stats.dispatched);
+  // Work, for the idle trim: calls, and connections accepted (hostile ones that never make a call too).
+  const fast = fastPathOf(httpServer);
+  const untrim = trimWhenIdle(() => dispatcher.stats.dispatched + engines.accepted + (fast?.stats.connections ?? 0));
   return {
     ports: { http: httpPort, grpc: grpcPort, engine, control: controlPort },
     engines, dispatcher, control, metrics, http: httpServer, policy, admin, drain,
