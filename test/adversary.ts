@@ -3,14 +3,17 @@
  * ports it picks itself, resource readings of a process from /proc, and raw
  * engine peers that speak (or mangle) the gateway link's handshake.
  */
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import { promisify } from 'node:util';
 import { newInstanceId, nonce, proof } from '../common/cluster-auth.js';
 import {
   decodeAuthFrame, encodeAuthFrame, encodeEngineHandshake, encodeGatewayMessage, GatewayFrameReader, type GatewayMessage, MessageType,
 } from '../proto/wire.js';
 import { FIXTURE_CONFIG, startProcess, stopProcess } from './helpers.js';
+
+const execFileP = promisify(execFile);
 
 export const TOKEN = 'test-cluster-token-0123456789abcdef';
 
@@ -152,3 +155,55 @@ export class EnginePeer {
     this.socket.destroy();
   }
 }
+
+/**
+ * The V8 inspector's address of a process started with
+ * NODE_OPTIONS=--inspect=127.0.0.1:0, from its stderr; read it right after the
+ * start (node prints it first, and a long stderr is kept only by its tail).
+ */
+export function inspectorUrl(stderr: string): string {
+  const url = /Debugger listening on (ws:\/\/\S+)/.exec(stderr)?.[1];
+  if (!url) throw new Error(`no inspector address in the process's stderr (start it with NODE_OPTIONS=--inspect=127.0.0.1:0): ${stderr.slice(0, 500)}`);
+  return url;
+}
+
+/**
+ * What a process's JavaScript keeps alive: V8 heap and Buffer memory after two
+ * full GCs, read over its inspector (see inspectorUrl). RSS cannot tell a leak
+ * from V8 sizing its heap to the allocation rate; this can. The inspector is
+ * driven from a short-lived node child because Node 20 has a WebSocket client
+ * only behind a flag.
+ */
+export async function liveMemory(inspector: string): Promise<{ heapUsed: number; external: number }> {
+  const { stdout } = await execFileP(process.execPath, ['--experimental-websocket', '--no-warnings', '--input-type=module', '-e', INSPECT_SCRIPT, inspector], { timeout: 15000 });
+  const m = JSON.parse(stdout) as { heapUsed: number; external: number };
+  return { heapUsed: m.heapUsed, external: m.external };
+}
+
+const INSPECT_SCRIPT = `
+const ws = new WebSocket(process.argv[1]);
+let next = 0;
+const waiting = new Map();
+const call = (method, params = {}) => new Promise((resolve, reject) => {
+  const id = ++next;
+  waiting.set(id, { resolve, reject });
+  ws.send(JSON.stringify({ id, method, params }));
+});
+ws.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  const w = waiting.get(m.id);
+  if (!w) return;
+  waiting.delete(m.id);
+  if (m.error) w.reject(new Error(m.error.message)); else w.resolve(m.result);
+};
+ws.onerror = () => { console.error('inspector connection failed'); process.exit(2); };
+ws.onopen = async () => {
+  // Two: the first may only schedule finalizers that free Buffers' backing stores.
+  await call('HeapProfiler.collectGarbage');
+  await call('HeapProfiler.collectGarbage');
+  const r = await call('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true });
+  process.stdout.write(r.result.value);
+  ws.close();
+  process.exit(0);
+};
+`;
