@@ -214,7 +214,7 @@ export async function runUp(argv: string[]): Promise<void> {
 
 /** The heap sizing this process was started with (bin/nightfuse.js) applies to its children too; nothing else (--inspect …). */
 function HEAP_FLAGS(): string[] {
-  return process.execArgv.filter((a) => /^--max-(semi|old)-space-size=/.test(a));
+  return process.execArgv.filter((a) => /^--(max-semi-space-size|max-old-space-size|initial-heap-size)=/.test(a));
 }
 
 function loopbackOf(addr: string): string {
