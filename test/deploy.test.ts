@@ -247,6 +247,8 @@ t.test('systemd units: hardening', async (t) => {
     t.same(k.get('CapabilityBoundingSet'), [role === 'launcher' ? 'CAP_SYS_PTRACE' : ''], `${u}: capabilities ${role === 'launcher' ? 'CAP_SYS_PTRACE only' : 'none'}`);
     t.same(k.get('AmbientCapabilities'), [''], `${u}: no ambient capability (workers inherit those)`);
     t.match(k.get('ExecStart')?.[0] ?? '', new RegExp(`nightfuse\\.js ${role}$`), `${u}: runs ${role}, settings from the environment`);
+    const nodeFlags = /^#!\/usr\/bin\/env -S node (.*)$/m.exec(readFileSync(join(ROOT, 'bin', 'nightfuse.js'), 'utf8'))?.[1];
+    t.equal(k.get('ExecStart')?.[0], `/usr/bin/node ${nodeFlags} /opt/nightfuse/bin/nightfuse.js ${role}`, `${u}: node's flags as bin/nightfuse.js starts it with`);
     for (const e of k.get('Environment') ?? []) {
       const name = e.split('=')[0];
       t.ok(FLAGS[role].has(name), `${u}: ${name} is a ${role} flag`);
