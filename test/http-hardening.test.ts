@@ -2,7 +2,7 @@
 // (black box: any HTTP implementation behind --http_port must pass this).
 import t from 'tap';
 import { header, parseAnswers, RawPeer, rng, sleep, type HttpAnswer, type Rng } from './hostile-peers.js';
-import { startGatewayProcess, usage } from './adversary.js';
+import { inspectorUrl, liveMemory, startGatewayProcess, usage } from './adversary.js';
 import { metricValue, request, startStack, waitFor, type Stack } from './helpers.js';
 
 const HEADER_MS = 800;
@@ -16,13 +16,16 @@ const SLACK_MS = 2500;
 let stack: Stack;
 let fdBase = 0;
 let rssBase = 0;
+let inspector = '';
 t.before(async () => {
   stack = await startStack({
-    // a small young generation: RSS then tracks what is retained, not how far V8 grew its nursery
-    env: { NODE_OPTIONS: '--max-semi-space-size=1' },
+    // a small young generation: RSS then tracks what is retained, not how far V8 grew its nursery;
+    // the inspector for live memory after a full GC (liveMemory)
+    env: { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --max-semi-space-size=1 --inspect=127.0.0.1:0` },
     gatewayFlags: [`--http_header_timeout_ms=${HEADER_MS}`, `--http_body_timeout_ms=${BODY_MS}`, `--http_idle_timeout_ms=${IDLE_MS}`,
       `--max_body_bytes=${MAX_BODY}`, '--max_connections=400'],
   });
+  inspector = inspectorUrl(stack.gatewayStderr());
   await sleep(300);
   ({ fds: fdBase, rssKiB: rssBase } = usage(stack.gateway.pid!));
 });
@@ -399,12 +402,18 @@ t.test('generated conversations: 0 wrong answers, 0 hangs, no growth in RSS or F
   await round(1000, 130);
   await waitFor(() => usage(pid).fds <= fdBase, IDLE_CLOSE_MS + SLACK_MS, 'every connection closed by its timeout');
   const warm = usage(pid);
+  const liveWarm = await liveMemory(inspector);
   await round(2000, 130);
   t.same(wrong.slice(0, 20), [], 'no wrong answer, no missing answer, no connection left open where it must close');
   t.ok(total >= 1000, `${total} generated requests`);
   t.equal(stack.gateway.exitCode, null, 'gateway alive');
   await waitFor(() => usage(pid).fds <= fdBase, IDLE_CLOSE_MS + SLACK_MS, 'every connection closed by its timeout');
   const after = usage(pid);
-  t.ok(after.rssKiB - warm.rssKiB < 8 * 1024, `RSS ${rssBase} (start) -> ${warm.rssKiB} (after round 1) -> ${after.rssKiB} KiB (after round 2)`);
+  // Kept state is what survives a full GC; RSS moves by a few MiB with allocator noise alone
+  // (3-6 MiB in round 2 measured), so it is only a gross bound.
+  const liveAfter = await liveMemory(inspector);
+  const grew = liveAfter.heapUsed + liveAfter.external - liveWarm.heapUsed - liveWarm.external;
+  t.ok(grew < 1024 * 1024, `live memory after a full GC grew by ${(grew / 1024).toFixed(0)} KiB in round 2 (heap ${(liveWarm.heapUsed / 1024).toFixed(0)} -> ${(liveAfter.heapUsed / 1024).toFixed(0)} KiB)`);
+  t.ok(after.rssKiB - warm.rssKiB < 16 * 1024, `RSS ${rssBase} (start) -> ${warm.rssKiB} (after round 1) -> ${after.rssKiB} KiB (after round 2)`);
   t.pass(`FDs ${fdBase} -> ${after.fds}`);
 });
