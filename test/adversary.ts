@@ -1,7 +1,8 @@
 /**
  * Tools for tests that attack the cluster links: a real gateway process on
- * ports it picks itself, resource readings of a process (from /proc, and its live memory over the V8 inspector),
- * engine peers that speak (or mangle) the gateway link's handshake.
+ * ports it picks itself, resource readings of a process (from /proc, and its
+ * live memory over the V8 inspector), and raw engine peers that speak (or
+ * mangle) the gateway link's handshake.
  */
 import { type ChildProcess, execFile } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
