@@ -38,15 +38,28 @@ static bool is_sync_signal(int sig) {
 /* Raised by the CPU/kernel for this thread, not sent by anyone. */
 static bool from_kernel(const siginfo_t* si) { return si->si_code > 0 || si->si_code == SI_KERNEL; }
 
-/* Kinds a stop from its siginfo (PTRACE_SEIZE reports group-stops and interrupts as PTRACE_EVENT_STOP). */
-static void classify(pid_t tid, stop_t* st) {
+/*
+ * The ptrace event of a stop. From waitpid's status when we have it (status >> 16,
+ * authoritative); else from the siginfo, where an event stop carries si_code =
+ * signal | event << 8 (the kernel's ptrace_do_notify): positive, low byte the
+ * signal. A signal sent with sigqueue or tgkill has a negative si_code (SI_QUEUE,
+ * SI_TKILL), and `si_code >> 8` of that is -1, not 0: read as an event, such a
+ * signal was resumed with 0 and lost.
+ */
+static int event_of(int status, const siginfo_t* si) {
+  if (status >= 0) return (int)((unsigned)status >> 16);
+  return si->si_code > 0 && (si->si_code & 0xff) == si->si_signo ? si->si_code >> 8 : 0;
+}
+
+/* Kinds a stop (PTRACE_SEIZE reports group-stops and interrupts as PTRACE_EVENT_STOP); `status` from waitpid, or -1. */
+static void classify(pid_t tid, int status, stop_t* st) {
   memset(&st->si, 0, sizeof st->si);
   if (ptrace(PTRACE_GETSIGINFO, tid, 0, &st->si) != 0) {
     st->kind = STOP_GROUP; /* EINVAL: a group-stop without siginfo */
     st->sig = SIGSTOP;
     return;
   }
-  int event = st->si.si_code >> 8;
+  int event = event_of(status, &st->si);
   st->sig = st->si.si_signo;
   st->event = event;
   if (event == PTRACE_EVENT_STOP) st->kind = is_stop_signal(st->sig) ? STOP_GROUP : STOP_INTERRUPT;
@@ -86,7 +99,7 @@ int nf_wait_stop(tracee* t, pid_t tid, double deadline, stop_t* st) {
         if (s == 't') {
           if (traced_since == 0) traced_since = now;
           else if (now - traced_since > 1000) {
-            classify(tid, st);
+            classify(tid, -1, st);
             return 0;
           }
         } else {
@@ -118,7 +131,7 @@ int nf_wait_stop(tracee* t, pid_t tid, double deadline, stop_t* st) {
       return -1;
     }
     if (!WIFSTOPPED(status)) continue;
-    classify(tid, st);
+    classify(tid, status, st);
     return 0;
   }
 }

@@ -300,8 +300,11 @@ static void test_signals(void) {
   counts(&t, &u1, &c1, &rt1, &e1);
   CHECK(c1 == c0 + 1 && state_of(t.pid) != 'T', "running again, SIGCONT handled once (cont %d -> %d, state %c)", c0, c1, state_of(t.pid));
 
-  /* A flood of queued real-time signals across many injections: none lost. */
-  enum { N_RT = 3000 };
+  /* A flood of queued real-time signals across many injections: none lost. One
+   * that reached the chosen thread between SEIZE and the interrupt (si_code
+   * SI_QUEUE) was once taken for a ptrace event and resumed with 0: 1 lost in
+   * 20,000 in 2 of 6 runs under ASan; 3,000 caught it only now and then. */
+  enum { N_RT = 20000 };
   pid_t sender = fork();
   if (sender == 0) {
     union sigval v = {0};
@@ -319,6 +322,12 @@ static void test_signals(void) {
   }
   usleep(50000);
   counts(&t, &u0, &c0, &rt0, &e0);
+  if (rt0 != N_RT) { /* late, or lost? a second look tells */
+    int early = rt0;
+    usleep(1000000);
+    counts(&t, &u0, &c0, &rt0, &e0);
+    printf("# real-time signals handled: %d after 50 ms, %d after 1 s more (state %c)\n", early, rt0, state_of(t.pid));
+  }
   CHECK(inj_ok == injections, "%d of %d injections succeed under a signal flood", inj_ok, injections);
   CHECK(rt0 == N_RT && e0 == 0, "every queued signal delivered exactly once (%d of %d), no read(2) error (%d)", rt0, N_RT, e0);
   ask(&t, "sigstate", after, sizeof after, 2000);
