@@ -76,6 +76,9 @@ typedef struct {
   uint64_t rtld_global, rtld_global_size; /* the loader's state in the target (0: unknown) */
   uint64_t load_lock, f_trylock, f_unlock; /* _dl_load_lock and libc's pthread_mutex_trylock/unlock (0: unknown) */
   double stop_started;
+  pid_t pinned;         /* a target thread whose CPU affinity we narrowed (0: none) */
+  int pin_cpu;
+  cpu_set_t pin_old;    /* its affinity before */
   int rc;
 } job;
 
@@ -98,11 +101,43 @@ static void give_back_thread_list(thread_info* l) {
   free(l); /* the one that was there, if a concurrent injection returned one meanwhile */
 }
 
+/*
+ * The thread we take sleeps, its CPU most likely idle; waking an idle vCPU
+ * costs 50-100 µs on a VM without guest halt polling, twice per injection
+ * (its interrupt stop, the remote dlopen). So for the window it runs on the
+ * tracer's CPU, which is awake, and the tracer's yields hand that CPU to it.
+ * Only when its own affinity allows that CPU (a cpuset is never widened), and
+ * given back afterwards unless the process changed it meanwhile.
+ */
+static void pin_here(job* j, pid_t tid) {
+  int cpu = sched_getcpu();
+  cpu_set_t old, one;
+  if (cpu < 0 || sched_getaffinity(tid, sizeof old, &old) != 0 || !CPU_ISSET(cpu, &old) || CPU_COUNT(&old) < 2) return;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (sched_setaffinity(0, sizeof one, &one) != 0) return; /* the tracer thread: ours, and gone after the injection */
+  if (sched_setaffinity(tid, sizeof one, &one) != 0) return;
+  j->pinned = tid;
+  j->pin_cpu = cpu;
+  j->pin_old = old;
+}
+
+static void unpin(job* j) {
+  if (!j->pinned) return;
+  cpu_set_t now;
+  /* Someone set it meanwhile (another thread of the process): theirs stays. */
+  if (sched_getaffinity(j->pinned, sizeof now, &now) == 0 && CPU_COUNT(&now) == 1 && CPU_ISSET(j->pin_cpu, &now))
+    sched_setaffinity(j->pinned, sizeof j->pin_old, &j->pin_old);
+  j->pinned = 0;
+}
+
 /* Detaches the thread we only interrupted (nothing of it was changed): it goes on as it was. */
-static void let_go(tracee* t) {
+static void let_go(job* j) {
+  tracee* t = &j->t;
   ptrace(PTRACE_DETACH, t->tid, 0, 0);
   t->stopped = false;
   t->tid = 0;
+  unpin(j);
 }
 
 /* Seizes and interrupts `tid`; keeps it if it stopped somewhere usable: 0 kept, 1 not, -1 fatal. */
@@ -116,6 +151,7 @@ static int try_thread(job* j, pid_t tid, bool allow_user) {
                    tid, j->pid, strerror(errno));
   }
   t->tid = tid;
+  pin_here(j, tid);
   t0 = nf_now_us(); /* the thread stops from here on (seizing stops nothing) */
   if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) != 0) return nf_fail(rep, "PTRACE_INTERRUPT %d: %s", tid, strerror(errno));
   for (;;) {
@@ -162,7 +198,7 @@ static int try_thread(job* j, pid_t tid, bool allow_user) {
     rep->syscall_nr = in_syscall ? (int)r.orig_rax : -1;
     return 0;
   }
-  let_go(t); /* somewhere it may hold a lock */
+  let_go(j); /* somewhere it may hold a lock */
   return 1;
 }
 
@@ -221,9 +257,10 @@ static int choose_thread(job* j) {
         bool user = fallback && (th->kind == TH_RUNNING || th->kind == TH_BLOCKED);
         if (!idle && !user) continue;
         int r = try_thread(j, th->tid, fallback);
+        if (r != 0) unpin(j);
         if (r < 0) return r;
         if (r == 0 && (holder = loader_holder(j, n)) == 0) return 0;
-        if (r == 0) let_go(&j->t);
+        if (r == 0) let_go(j);
       }
     }
     if (holder > 0) rep->loader_busy = holder;
@@ -434,6 +471,7 @@ static void* tracer_main(void* p) {
       r = fail_loader_busy(j, j->rep->loader_busy);
       break;
     }
+    unpin(j);
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
     if (choose_thread(j) != 0 || j->t.tid == 0) {
@@ -445,6 +483,7 @@ static void* tracer_main(void* p) {
 out:
   if (j->stop_started > 0) j->rep->stopped_us = nf_now_us() - j->stop_started;
   nf_detach_clones(&j->t, true);
+  unpin(j);
   return NULL; /* exiting detaches anything still attached (exit_ptrace) */
 }
 

@@ -2,7 +2,8 @@
  * The injector against targets built to hurt it (issue 9, items 1-6): other
  * threads holding libc locks, signals arriving mid-injection, SIGSEGV
  * blocked or ignored, a thread in uninterruptible sleep, threads created all
- * the time, a stale library of the same path (and another mount namespace).
+ * the time, a stale library of the same path (and another mount namespace);
+ * and the chosen thread's CPU affinity, which the window narrows, given back.
  * Usage: test_inject_safety [build dir]
  */
 #include "harness.h"
@@ -479,6 +480,72 @@ static void test_stale(void) {
   rmdir(tmp);
 }
 
+/* ---------- the window's CPU pin: the chosen thread's affinity as before */
+
+static int cpus_of(pid_t tid, cpu_set_t* s) { return sched_getaffinity(tid, sizeof *s, s); }
+
+/* Injects 5 times with the caller on `caller_cpu` (-1: anywhere) into a target whose thread is set
+ * to `mask`; its affinity must be `mask` again afterwards, each time. */
+static void affinity_case(const char* what, int caller_cpu, const cpu_set_t* mask) {
+  cpu_set_t mine, one, got;
+  cpus_of(0, &mine);
+  if (caller_cpu >= 0) {
+    CPU_ZERO(&one);
+    CPU_SET(caller_cpu, &one);
+    sched_setaffinity(0, sizeof one, &one);
+  }
+  target t;
+  CHECK(start_target("target_sigs", "plain", &t) == 0, "%s: start a target waiting in read(2)", what);
+  CHECK(sched_setaffinity(t.pid, sizeof *mask, mask) == 0, "%s: set its affinity: %s", what, strerror(errno));
+  int ok = 0, same = 0;
+  nf_inject_report r;
+  for (int i = 0; i < 5; i++) {
+    ok += inject_t(t.pid, probe, "probe_noop", "", 50, 2000, &r) == 0;
+    same += cpus_of(t.pid, &got) == 0 && CPU_EQUAL(&got, mask);
+  }
+  CHECK(ok == 5, "%s: 5 of 5 injections succeed (%d): %s", what, ok, r.error);
+  CHECK(same == 5, "%s: its CPU affinity is as before after each (%d of 5; now %d CPUs, was %d)", what, same, CPU_COUNT(&got), CPU_COUNT(mask));
+  healthy(&t, what);
+  stop_target(&t);
+  sched_setaffinity(0, sizeof mine, &mine);
+}
+
+static void test_affinity(void) {
+  cpu_set_t all, one, others;
+  cpus_of(0, &all);
+  affinity_case("affinity: every CPU of ours", -1, &all);
+  if (CPU_COUNT(&all) > 1) {
+    /* That the narrowing is real, so the case above shows it undone. */
+    target t;
+    CHECK(start_target("target_sigs", "plain", &t) == 0, "affinity: start a target waiting in read(2)");
+    nf_inject_report r;
+    unlink(out_path);
+    int rc = inject_t(t.pid, probe, "probe_cpus", out_path, 50, 2000, &r);
+    char got[32] = "";
+    FILE* f = fopen(out_path, "r");
+    if (f) {
+      if (!fgets(got, sizeof got, f)) got[0] = 0;
+      fclose(f);
+    }
+    CHECK(rc == 0 && strcmp(got, "cpus=1") == 0, "affinity: during the window the thread runs on the tracer's CPU alone (%s): %s", got, r.error);
+    stop_target(&t);
+  }
+  int first = -1, second = -1;
+  for (int c = 0; c < CPU_SETSIZE && second < 0; c++)
+    if (CPU_ISSET(c, &all)) *(first < 0 ? &first : &second) = c;
+  if (second < 0) {
+    printf("# affinity: one CPU only, the narrowed cases are not run\n");
+    return;
+  }
+  CPU_ZERO(&one);
+  CPU_SET(second, &one);
+  affinity_case("affinity: the target on one CPU, the caller on another", first, &one);
+  affinity_case("affinity: the target on one CPU, the caller on the same", second, &one);
+  others = all;
+  CPU_CLR(first, &others);
+  affinity_case("affinity: the caller's CPU not among the target's", first, CPU_COUNT(&others) > 1 ? &others : &one);
+}
+
 int main(int argc, char** argv) {
   find_build_dir(argc, argv);
   snprintf(probe, sizeof probe, "%s/libprobe.so", dir);
@@ -497,6 +564,7 @@ int main(int argc, char** argv) {
   RUN("dstate", test_dstate());
   RUN("cloner", test_cloner());
   RUN("stale", test_stale());
+  RUN("affinity", test_affinity());
   unlink(out_path);
   return finish();
 }

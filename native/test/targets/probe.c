@@ -1,7 +1,10 @@
 /* Test library for the injector. probe_entry(path) writes "pid=<pid>" to path.
  * probe_exit() ends the process (the "target exits during injection" case).
- * probe_fail() returns 7. probe_crash() dereferences NULL. */
+ * probe_fail() returns 7. probe_crash() dereferences NULL. probe_cpus(path)
+ * writes "cpus=<n>": how many CPUs the thread it runs on may use. */
+#define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -36,4 +39,16 @@ __attribute__((no_sanitize("undefined"))) int probe_crash(const char* arg) {
 int probe_noop(const char* arg) {
   (void)arg;
   return 0;
+}
+
+int probe_cpus(const char* path) {
+  cpu_set_t s;
+  if (sched_getaffinity(0, sizeof s, &s) != 0) return 3;
+  int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return 1;
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "cpus=%d", CPU_COUNT(&s));
+  int rc = write(fd, buf, (size_t)n) == n ? 0 : 2;
+  close(fd);
+  return rc;
 }
