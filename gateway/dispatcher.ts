@@ -138,6 +138,13 @@ export class Dispatcher {
   }
 
   private pickNode(funcId: number): Node | undefined {
+    if (this.order.length === 1) {
+      // one node (`nightfuse up`, a single machine): the same pick, without two arrays per call
+      const n = this.engines.nodes.get(this.order[0]);
+      if (!n || n.draining) return undefined;
+      if (this.o.lbPerFnRoundRobin) this.rrCursor.set(funcId, 1);
+      return n;
+    }
     const nodes = this.order.map((id) => this.engines.nodes.get(id)).filter((n): n is Node => n !== undefined && !n.draining);
     if (nodes.length === 0) return undefined;
     if (this.o.lbPerFnRoundRobin) {

@@ -43,6 +43,27 @@ const COPY_LIMIT = 16 * 1024;
 const EMPTY = Buffer.alloc(0);
 const REQUEST_TIMEOUT = { code: 'ERR_HTTP_REQUEST_TIMEOUT' } as NodeJS.ErrnoException;
 
+/**
+ * The answer's head up to its Content-Length value, per status, as bytes:
+ * rebuilt when the Date's second changes (nightcoreDate caches the text), so an
+ * answer copies it instead of building and encoding a string.
+ */
+const prefixes = new Map<number, Buffer>();
+let prefixDate = '';
+function headPrefix(status: number): Buffer {
+  const date = nightcoreDate();
+  if (date !== prefixDate) {
+    prefixes.clear();
+    prefixDate = date;
+  }
+  let p = prefixes.get(status);
+  if (!p) {
+    p = Buffer.from(`${STATUS_LINE[status]}\r\nDate: ${date}\r\nServer: FaaS/0.1\r\nConnection: Keep-Alive\r\nContent-Type: text/plain\r\nContent-Length: `, 'latin1');
+    prefixes.set(status, p);
+  }
+  return p;
+}
+
 /** A parsed plain request head. */
 interface Head {
   entry: FuncEntry;
@@ -261,17 +282,20 @@ class FastConn {
     for (let i = 0; i < n; i++) {
       const a = this.owed[i];
       const body = a.out!;
-      const head = `${STATUS_LINE[a.status]}\r\nDate: ${nightcoreDate()}\r\nServer: FaaS/0.1\r\nConnection: Keep-Alive\r\n` +
-        `Content-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n`;
+      const pre = headPrefix(a.status);
+      const len = String(body.length);
+      const headLen = pre.length + len.length + 4;
+      const b = Buffer.allocUnsafe(body.length <= COPY_LIMIT ? headLen + body.length : headLen);
+      pre.copy(b, 0);
+      b.write(len, pre.length, 'latin1');
+      b.writeUInt32BE(0x0d0a0d0a, headLen - 4); // "\r\n\r\n"
       if (body.length <= COPY_LIMIT) {
-        const b = Buffer.allocUnsafe(head.length + body.length);
-        b.write(head, 0, 'latin1');
-        body.copy(b, head.length);
+        body.copy(b, headLen);
         if (n === 1) writeNow(s, b);
         else s.write(b);
       } else {
         s.cork();
-        s.write(head, 'latin1');
+        s.write(b);
         s.write(body);
         s.uncork();
       }

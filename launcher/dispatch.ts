@@ -11,9 +11,11 @@ import {
   type GatewayMessage,
   INLINE_CAPACITY,
   ipc,
+  MESSAGE_SIZE,
   MessageType,
   monotonicMicrosNumber,
   setSendTimestampUs,
+  writeDispatchInline,
 } from '../proto/wire.js';
 import type { GatewayConn } from './gateway-link.js';
 import type { IpcRoot } from './ipc-files.js';
@@ -60,10 +62,16 @@ export class Dispatcher {
   private send(w: Worker, call: Call): void {
     w.state = 'busy';
     w.current = call;
+    let frame = call.frame;
+    if (!frame) {
+      // writeNow copies what it cannot write at once, so the worker's frame is free again when it returns
+      frame = w.dispatchFrame ??= Buffer.alloc(MESSAGE_SIZE);
+      w.dispatchDirty = writeDispatchInline(frame, call.id, call.inline!, w.dispatchDirty);
+    }
     const now = monotonicMicrosNumber();
     call.dispatchedUs = now;
-    setSendTimestampUs(call.frame, now);
-    writeNow(w.inSock!, call.frame);
+    setSendTimestampUs(frame, now);
+    writeNow(w.inSock!, frame);
   }
 
   /** A worker became free: give it the oldest queued call, or park it. */
@@ -99,10 +107,10 @@ export class Dispatcher {
     if (!pool.runnable) return this.failExternal(id, funcId, conn, pool, 'function has no library or command on this node');
     if (this.external.has(id)) return this.failExternal(id, funcId, conn, pool, 'a call with the same id is still in flight (gateway restarted?)');
     const input = m.payload;
-    let frame: Buffer;
+    let frame: Buffer | undefined;
     let ownsInputShm = false;
     if (input.length <= INLINE_CAPACITY) {
-      frame = encodeIpc({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: id, inline: input });
+      frame = undefined; // written into the worker's frame at send
     } else {
       try {
         this.writeShmReplacingStale(id, 'i', input);
@@ -112,7 +120,10 @@ export class Dispatcher {
       ownsInputShm = true;
       frame = encodeIpc({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: id, payloadSize: -input.length });
     }
-    const call: Call = { id, funcId, frame, source: { kind: 'gateway', conn }, inputSize: input.length, ownsInputShm, receivedUs: monotonicMicrosNumber() };
+    const call: Call = {
+      id, funcId, frame, inline: frame ? undefined : input, source: { kind: 'gateway', conn }, inputSize: input.length, ownsInputShm,
+      receivedUs: monotonicMicrosNumber(),
+    };
     this.external.set(id, call);
     this.submit(call, pool);
   }

@@ -69,7 +69,7 @@ export class NestedCalls {
     if (caller.state === 'dead' || !caller.inSock) {
       // The caller would have removed these files after its invoke returned.
       if (!failed && size < 0) this.ipc.removeShm(call.id, 'o');
-      if (ipc.payloadSize(call.frame) < 0) this.ipc.removeShm(call.id, 'i');
+      if (call.frame && ipc.payloadSize(call.frame) < 0) this.ipc.removeShm(call.id, 'i');
       return;
     }
     setSendTimestampUs(f, now);

@@ -22,8 +22,14 @@ export interface NestedSource {
 export interface Call {
   id: bigint;
   funcId: number;
-  /** the DISPATCH_FUNC_CALL frame to write to a worker */
-  frame: Buffer;
+  /**
+   * The DISPATCH_FUNC_CALL frame to write to a worker; undefined for an
+   * external call with an inline payload, whose frame is written into the
+   * worker's own at send (dispatch.ts: no 1 KiB frame allocated per call).
+   */
+  frame: Buffer | undefined;
+  /** that inline payload */
+  inline?: Buffer;
   source: CallSource;
   inputSize: number;
   /** the launcher wrote <id>.i and removes it */
@@ -50,6 +56,9 @@ export class Worker {
   /** possibly damaged (a merged callee faulted in it): out of dispatch for good, stopped once its call is done */
   retiring: string | undefined;
   heldWaiter: (() => void) | undefined;
+  /** where external calls with an inline payload are written for it (one call at a time), and the inline bytes it last held */
+  dispatchFrame: Buffer | undefined;
+  dispatchDirty = 0;
   readonly startedAt = Date.now();
   constructor(
     readonly clientId: number,

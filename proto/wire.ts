@@ -347,6 +347,25 @@ export function encodeIpc(m: IpcMessage): Buffer {
   return b;
 }
 
+/**
+ * Writes a DISPATCH_FUNC_CALL with an inline payload into `frame` (a
+ * MESSAGE_SIZE buffer that is reused, one per worker): the same bytes as
+ * encodeIpc's, without a new buffer, its zero fill or BigInt writes per call.
+ * `dirty` is how many inline bytes the frame's previous use left; they are
+ * zeroed past the new payload. Returns the inline bytes now used.
+ */
+export function writeDispatchInline(frame: Buffer, fullCallId: bigint, inline: Buffer, dirty: number): number {
+  if (inline.length > INLINE_CAPACITY) throw new RangeError(`inline payload of ${inline.length} bytes > ${INLINE_CAPACITY}`);
+  frame.fill(0, 0, MESSAGE_HEADER_SIZE);
+  // header u64 = type | full_call_id << 4: full_call_id's low 28 bits (ids, a Smi) and its call_id above them
+  frame.writeUInt32LE(((Number(fullCallId & 0xfffffffn) << 4) | MessageType.DISPATCH_FUNC_CALL) >>> 0, Off.HEADER);
+  frame.writeUInt32LE(Number(fullCallId >> 28n), Off.HEADER + 4);
+  frame.writeInt32LE(inline.length, Off.PAYLOAD_SIZE);
+  inline.copy(frame, Off.INLINE);
+  if (dirty > inline.length) frame.fill(0, Off.INLINE + inline.length, Off.INLINE + dirty);
+  return inline.length;
+}
+
 /** Cheap accessors on a received frame (no allocation on the hot path). */
 export const ipc = {
   type: (f: Buffer): MessageType => (f[0] & 0xf) as MessageType,

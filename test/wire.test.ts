@@ -172,3 +172,25 @@ t.test('hot-path forms: packCallIdFast, setSendTimestampUs and monotonicMicrosNu
   const z = monotonicMicrosNumber();
   t.ok(x <= y + 2 && y <= z + 2, `the same clock: ${x} ≤ ${y} ≤ ${z}`);
 });
+
+t.test('writeDispatchInline: the same bytes as encodeIpc, in a reused frame whatever it held before', async (t) => {
+  const { writeDispatchInline } = await import('../proto/wire.js');
+  let seed = 777;
+  const next = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+  const frame = Buffer.alloc(MESSAGE_SIZE);
+  let dirty = 0;
+  let bad = 0;
+  const cases: [number, number, number, number, number][] = [[0xff, 0x3f, 0x3fff, 0xffffffff, INLINE_CAPACITY], [0, 0, 0, 0, 0], [1, 0, 0, 1, 5]];
+  for (let i = 0; i < 3000; i++) cases.push([next() & 0xff, next() & 0x3f, next() & 0x3fff, next(), next() % (INLINE_CAPACITY + 1)]);
+  for (const [funcId, methodId, clientId, callId, len] of cases) {
+    const id = packCallId({ funcId, methodId, clientId, callId });
+    const inline = Buffer.alloc(len, (callId & 0xfe) + 1);
+    frame.fill(0xaa, 0, 64); // a previous frame's header, and its send_timestamp
+    dirty = writeDispatchInline(frame, id, inline, dirty);
+    const want = encodeIpc({ type: MessageType.DISPATCH_FUNC_CALL, fullCallId: id, inline });
+    if (!frame.equals(want) && bad++ < 3) t.fail(`frame differs for id ${id}, ${len} bytes`);
+    if (ipc.fullCallId(frame) !== id || ipc.type(frame) !== MessageType.DISPATCH_FUNC_CALL) bad++;
+  }
+  t.equal(bad, 0, `${cases.length} frames byte for byte`);
+  t.throws(() => writeDispatchInline(frame, 1n, Buffer.alloc(INLINE_CAPACITY + 1), 0), /inline payload of 961 bytes/);
+});
