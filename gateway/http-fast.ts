@@ -17,7 +17,8 @@
  * header/body/idle deadlines (408 and close, like node's), the same metrics.
  */
 import net from 'node:net';
-import type { FuncConfig, FuncEntry } from '../common/func-config.js';
+import type { FuncConfig } from '../common/func-config.js';
+import { type PlainHead, parsePlainHead } from './http-fast-head.js';
 import type { CallHandle, CallOutcome, Dispatcher } from './dispatcher.js';
 import { errorAnswer, type HttpLimits, MAX_PIPELINED, nightcoreDate, outcomeStatus } from './http-frontend.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -36,7 +37,6 @@ export interface FastPathOptions {
   handOff(socket: net.Socket): void;
 }
 
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const STATUS_LINE: Record<number, string> = { 200: 'HTTP/1.1 200 OK', 500: 'HTTP/1.1 500 Internal Server Error', 504: 'HTTP/1.1 504 Gateway Timeout' };
 /** answers up to this size leave in one write (head and body copied together); larger ones in one writev */
 const COPY_LIMIT = 16 * 1024;
@@ -64,66 +64,13 @@ function headPrefix(status: number): Buffer {
   return p;
 }
 
-/** A parsed plain request head. */
-interface Head {
-  entry: FuncEntry;
-  headLen: number;
-  bodyLen: number;
-}
-
 /**
- * Parses a plain request head at `off`; undefined when it is not one (or not
- * complete yet): the caller then hands the connection to node:http.
+ * Parses a plain request head at `off` (http-fast-head.ts); undefined when it
+ * is not one (or not complete yet): the caller then hands the connection to node:http.
  */
-function parseHead(o: FastPathOptions, buf: Buffer, off: number): Head | undefined {
+function parseHead(o: FastPathOptions, buf: Buffer, off: number): PlainHead | undefined {
   if (o.accepting && !o.accepting()) return undefined;
-  const end = buf.indexOf('\r\n\r\n', off, 'latin1');
-  if (end < 0 || end - off > o.limits.maxHeaderBytes) return undefined;
-  const head = buf.toString('latin1', off, end);
-  const lineEnd = head.indexOf('\r\n');
-  const line = lineEnd < 0 ? head : head.slice(0, lineEnd);
-  let method: 'GET' | 'POST';
-  if (line.startsWith('POST /function/')) method = 'POST';
-  else if (line.startsWith('GET /function/')) method = 'GET';
-  else return undefined;
-  if (!line.endsWith(' HTTP/1.1')) return undefined;
-  const name = line.slice(method.length + 11, line.length - 9);
-  // no query, fragment, spaces or anything node would read differently
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c <= 0x20 || c >= 0x7f || c === 0x3f || c === 0x23) return undefined;
-  }
-  const entry = o.config.byName.get(name);
-  if (!entry || entry.qsAsInput || (method === 'GET' && !entry.allowHttpGet)) return undefined;
-  let bodyLen = -1;
-  let at = lineEnd < 0 ? head.length : lineEnd + 2;
-  while (at < head.length) {
-    let nl = head.indexOf('\r\n', at);
-    if (nl < 0) nl = head.length;
-    const colon = head.indexOf(':', at);
-    if (colon < 0 || colon > nl) return undefined;
-    const key = head.slice(at, colon);
-    if (!TOKEN.test(key)) return undefined;
-    const value = head.slice(colon + 1, nl).trim();
-    for (let i = 0; i < value.length; i++) {
-      const c = value.charCodeAt(i);
-      if ((c < 0x20 && c !== 0x09) || c === 0x7f) return undefined;
-    }
-    const k = key.length;
-    if (k === 14 && key.toLowerCase() === 'content-length') {
-      if (bodyLen >= 0 || !/^\d{1,15}$/.test(value)) return undefined;
-      bodyLen = Number(value);
-    } else if ((k === 17 && key.toLowerCase() === 'transfer-encoding') || (k === 6 && key.toLowerCase() === 'expect') ||
-      (k === 7 && key.toLowerCase() === 'upgrade')) {
-      return undefined;
-    } else if (k === 10 && key.toLowerCase() === 'connection') {
-      if (value.toLowerCase() !== 'keep-alive') return undefined;
-    }
-    at = nl + 2;
-  }
-  if (bodyLen < 0) bodyLen = 0;
-  if (o.maxBodyBytes > 0 && bodyLen > o.maxBodyBytes) return undefined;
-  return { entry, headLen: end + 4 - off, bodyLen };
+  return parsePlainHead(o, buf, off);
 }
 
 /** One answer owed on a connection, in request order. */
