@@ -11,6 +11,7 @@
 import { randomFillSync } from 'node:crypto';
 import { packCallIdFast, type GatewayMessage, MessageType } from '../proto/wire.js';
 import type { EngineServer, Node } from './engine-server.js';
+import { CallTable } from '../common/call-table.js';
 
 export type CallOutcome =
   | { kind: 'ok'; output: Buffer; processingUs: number }
@@ -61,7 +62,7 @@ class CallIdSource {
 
 export class Dispatcher {
   private readonly ids = new CallIdSource();
-  private readonly running = new Map<bigint, Running>();
+  private readonly running = new CallTable<Running>();
   private readonly queue: Running[] = [];
   /** node ids in the order they connected (for round robin and least-load ties) */
   private readonly order: number[] = [];
@@ -91,7 +92,7 @@ export class Dispatcher {
   nodeDown(node: Node): void {
     const i = this.order.indexOf(node.nodeId);
     if (i >= 0) this.order.splice(i, 1);
-    for (const r of [...this.running.values()]) {
+    for (const r of this.running.values()) {
       if (r.node === node) {
         this.stats.nodeLost++;
         this.settle(r, { kind: 'node_lost' });
@@ -204,7 +205,7 @@ export class Dispatcher {
         return;
       }
       const now = performance.now();
-      for (const r of [...this.running.values()]) {
+      for (const r of this.running.values()) {
         if (r.deadline > now) continue;
         this.stats.timeouts++;
         this.settle(r, { kind: 'timeout' });
@@ -240,7 +241,7 @@ export class Dispatcher {
 
   /** Fails everything (shutdown). */
   failAll(): void {
-    for (const r of [...this.running.values()]) this.settle(r, { kind: 'failed' });
+    for (const r of this.running.values()) this.settle(r, { kind: 'failed' });
   }
 }
 

@@ -22,6 +22,7 @@ import type { IpcRoot } from './ipc-files.js';
 import type { NestedCalls } from './nested-calls.js';
 import type { WorkerSupervisor } from './worker-supervisor.js';
 import type { Call, FunctionPool, Worker } from './workers.js';
+import { CallTable } from '../common/call-table.js';
 
 export type SendToGateway = (conn: GatewayConn | undefined, type: MessageType, id: bigint, value: number, payload?: Buffer) => void;
 
@@ -32,7 +33,7 @@ export interface GatewaySink {
 
 export class Dispatcher {
   /** external calls in flight, by full call id */
-  private readonly external = new Map<bigint, Call>();
+  private readonly external = new CallTable<Call>();
   // Set once by connect(): the three roles refer to each other.
   private supervisor!: WorkerSupervisor;
   private nested!: NestedCalls;

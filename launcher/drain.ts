@@ -18,6 +18,7 @@
 import { type Readiness, waitUntil, withTimeout } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
 import type { NodeAgent } from './node-agent.js';
+import { CallTable } from '../common/call-table.js';
 
 /** After the drain report: this long with nothing new means the gateway has stopped sending. */
 export const QUIET_MS = 250;
@@ -39,7 +40,7 @@ export class LauncherDrain {
   closing = false;
   private engineUp = false;
   /** external calls in flight by full call id (a count: the gateway may reuse an id after a restart) */
-  private readonly inflight = new Map<bigint, number>();
+  private readonly inflight = new CallTable<number>();
   private lastDispatchAt = 0;
 
   constructor(private readonly o: LauncherDrainOptions) {}

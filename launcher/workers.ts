@@ -9,6 +9,7 @@ import type net from 'node:net';
 import type { FuncEntry } from '../common/func-config.js';
 import type { GatewayConn } from './gateway-link.js';
 import type { SpawnedProcess } from './spawn.js';
+import { CallTable } from '../common/call-table.js';
 
 /** Where a call came from, and so where its result goes. */
 export type CallSource = { kind: 'gateway'; conn: GatewayConn | undefined } | NestedSource;
@@ -46,7 +47,7 @@ export class Worker {
   state: WorkerState = 'starting';
   current: Call | undefined;
   /** nested calls this worker made that are still in flight */
-  readonly nested = new Map<bigint, Call>();
+  readonly nested = new CallTable<Call>();
   inSock: net.Socket | undefined;
   outSock: net.Socket | undefined;
   hsSock: net.Socket | undefined;
