@@ -21,6 +21,19 @@ static int inject_t(pid_t pid, const char* lib, const char* entry, const char* a
   return nf_inject(pid, lib, entry, arg, safe_wait, timeout, r);
 }
 
+/* Injects `lib` and calls `entry(out_path)`; `got` is the first line the entry wrote there ("" if none). */
+static int inject_and_read(pid_t pid, const char* lib, const char* entry, char* got, size_t n, nf_inject_report* r) {
+  unlink(out_path);
+  int rc = inject_t(pid, lib, entry, out_path, 50, 2000, r);
+  got[0] = '\0';
+  FILE* f = fopen(out_path, "r");
+  if (f) {
+    if (!fgets(got, (int)n, f)) got[0] = '\0';
+    fclose(f);
+  }
+  return rc;
+}
+
 /* Every thread untraced, the process not stopped, and it still answers. */
 static void healthy(target* t, const char* what) {
   pid_t first = 0;
@@ -447,14 +460,8 @@ static void test_stale(void) {
   CHECK(ask(&t, cmd, answer, sizeof answer, 3000) == 0 && strcmp(answer, "dlopen ok") == 0, "the target loads build A: %s", answer);
   CHECK(copy_file(b, lib) == 0, "build B replaces the file at the path (new inode)");
   nf_inject_report r;
-  unlink(out_path);
-  int rc = inject_t(t.pid, lib, "stale_entry", out_path, 50, 2000, &r);
-  char got[64] = "";
-  FILE* f = fopen(out_path, "r");
-  if (f) {
-    if (!fgets(got, sizeof got, f)) got[0] = '\0';
-    fclose(f);
-  }
+  char got[64];
+  int rc = inject_and_read(t.pid, lib, "stale_entry", got, sizeof got, &r);
   CHECK(rc == 0 && strcmp(got, "stale_entry:A") == 0, "the entry ran is A's stale_entry, the code the target has (ran: \"%s\"): %s", got, r.error);
   CHECK(r.same_file == 0, "and the report says the target maps another file than the one at the path (same_file %d)", r.same_file);
   healthy(&t, "stale target");
@@ -468,14 +475,7 @@ static void test_stale(void) {
     for (;;) pause();
   }
   usleep(100000);
-  unlink(out_path);
-  rc = inject_t(child, lib, "stale_entry", out_path, 50, 2000, &r);
-  got[0] = '\0';
-  f = fopen(out_path, "r");
-  if (f) {
-    if (!fgets(got, sizeof got, f)) got[0] = '\0';
-    fclose(f);
-  }
+  rc = inject_and_read(child, lib, "stale_entry", got, sizeof got, &r);
   CHECK(rc == 0 && strcmp(got, "stale_entry:B") == 0 && r.same_file == 0,
         "another mount namespace: the entry of the file the target sees ran (\"%s\", same_file %d): %s", got, r.same_file, r.error);
   kill(child, SIGKILL);
@@ -523,14 +523,8 @@ static void test_affinity(void) {
     target t;
     CHECK(start_target("target_sigs", "plain", &t) == 0, "affinity: start a target waiting in read(2)");
     nf_inject_report r;
-    unlink(out_path);
-    int rc = inject_t(t.pid, probe, "probe_cpus", out_path, 50, 2000, &r);
-    char got[32] = "";
-    FILE* f = fopen(out_path, "r");
-    if (f) {
-      if (!fgets(got, sizeof got, f)) got[0] = 0;
-      fclose(f);
-    }
+    char got[32];
+    int rc = inject_and_read(t.pid, probe, "probe_cpus", got, sizeof got, &r);
     CHECK(rc == 0 && strcmp(got, "cpus=1") == 0, "affinity: during the window the thread runs on the tracer's CPU alone (%s): %s", got, r.error);
     stop_target(&t);
   }
