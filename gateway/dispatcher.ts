@@ -138,27 +138,39 @@ export class Dispatcher {
     return r;
   }
 
+  /** The node at `order[i]` if it takes calls. */
+  private usable(i: number): Node | undefined {
+    const n = this.engines.nodes.get(this.order[i]);
+    return n && !n.draining ? n : undefined;
+  }
+
+  /** The k-th usable node, in connection order. */
+  private nthUsable(k: number): Node | undefined {
+    for (let i = 0; i < this.order.length; i++) {
+      const n = this.usable(i);
+      if (n && k-- === 0) return n;
+    }
+    return undefined;
+  }
+
+  /** Among the usable nodes (no arrays per call: this runs for every call). */
   private pickNode(funcId: number): Node | undefined {
-    if (this.order.length === 1) {
-      // one node (`nightfuse up`, a single machine): the same pick, without two arrays per call
-      const n = this.engines.nodes.get(this.order[0]);
-      if (!n || n.draining) return undefined;
-      if (this.o.lbPerFnRoundRobin) this.rrCursor.set(funcId, 1);
-      return n;
+    let count = 0;
+    let least: Node | undefined;
+    for (let i = 0; i < this.order.length; i++) {
+      const n = this.usable(i);
+      if (!n) continue;
+      count++;
+      if (!least || n.inflight < least.inflight) least = n;
     }
-    const nodes = this.order.map((id) => this.engines.nodes.get(id)).filter((n): n is Node => n !== undefined && !n.draining);
-    if (nodes.length === 0) return undefined;
+    if (count === 0) return undefined;
     if (this.o.lbPerFnRoundRobin) {
-      const c = (this.rrCursor.get(funcId) ?? 0) % nodes.length;
+      const c = (this.rrCursor.get(funcId) ?? 0) % count;
       this.rrCursor.set(funcId, c + 1);
-      return nodes[c];
+      return this.nthUsable(c);
     }
-    if (this.o.lbPickLeastLoad) {
-      let best = nodes[0];
-      for (const n of nodes) if (n.inflight < best.inflight) best = n;
-      return best;
-    }
-    return nodes[Math.floor(Math.random() * nodes.length)];
+    if (this.o.lbPickLeastLoad) return least;
+    return this.nthUsable(Math.floor(Math.random() * count));
   }
 
   private start(r: Running): void {
