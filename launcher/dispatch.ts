@@ -108,11 +108,9 @@ export class Dispatcher {
     if (!pool.runnable) return this.failExternal(id, funcId, conn, pool, 'function has no library or command on this node');
     if (this.external.has(id)) return this.failExternal(id, funcId, conn, pool, 'a call with the same id is still in flight (gateway restarted?)');
     const input = m.payload;
-    let frame: Buffer | undefined;
+    let frame: Buffer | undefined; // an inline payload's frame is written into the worker's own at send
     let ownsInputShm = false;
-    if (input.length <= INLINE_CAPACITY) {
-      frame = undefined; // written into the worker's frame at send
-    } else {
+    if (input.length > INLINE_CAPACITY) {
       try {
         this.writeShmReplacingStale(id, 'i', input);
       } catch (err) {

@@ -256,8 +256,7 @@ static int choose_thread(job* j) {
         bool idle = th->kind == TH_SYSCALL && nf_syscall_is_idle_wait(th->nr, th->arg1);
         bool user = fallback && (th->kind == TH_RUNNING || th->kind == TH_BLOCKED);
         if (!idle && !user) continue;
-        int r = try_thread(j, th->tid, fallback);
-        if (r != 0) unpin(j);
+        int r = try_thread(j, th->tid, fallback); /* not kept: let_go unpinned it; fatal: tracer_main's exit does */
         if (r < 0) return r;
         if (r == 0 && (holder = loader_holder(j, n)) == 0) return 0;
         if (r == 0) let_go(j);
